@@ -1,0 +1,430 @@
+"""Read Zeek logs (TSV or JSON lines, plain or gzip) into typed pandas / Arrow tables.
+
+The format is detected from the content, never the file name: a ``#fields``
+header means Zeek TSV, a line starting with ``{`` means JSON lines, gzip is
+recognised by its magic bytes. Anything else fails at once with a
+``ZeekParseError`` (zat would hang on such a file).
+
+Column names stay Zeek's (``id.orig_h``) and types follow Zeek's, so code
+downstream sees one schema whatever the format:
+
+=========================  ==========================================
+Zeek type                  pandas dtype
+=========================  ==========================================
+time                       ``datetime64[ns, UTC]``
+interval                   ``timedelta64[ns]``
+count / int / port         ``UInt64`` / ``Int64`` / ``UInt16``
+double                     ``Float64`` (inf and nan kept, unset is NA)
+bool                       ``boolean``
+addr, subnet, string, enum ``string`` (pyarrow storage)
+set/vector/table[T]        lists of typed elements (``ArrowDtype``)
+anything else              ``string``
+=========================  ==========================================
+
+``errors="raise"`` (default) stops at the first malformed row with a
+``ZeekParseError`` naming file, line, field and value; ``errors="skip"`` drops
+such rows, counts them in ``df.attrs["skipped_rows"]`` (and the Arrow schema
+metadata ``skipped_rows``) and warns with :class:`ZeekDataWarning`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+import zlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from . import _zeek_json, _zeek_tsv
+from ._zeek_types import arrow_type
+from .errors import ZeekParseError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+__all__ = ["read_log", "read_arrow", "iter_batches", "log_type", "zeek_type_of", "ZeekDataWarning"]
+
+CHUNK_BYTES = 16 << 20  # bytes handed to pyarrow at a time: bounds memory, keeps both cores busy
+_GZIP_MAGIC = b"\x1f\x8b"
+PathLike = str | os.PathLike[str]
+
+
+class ZeekDataWarning(UserWarning):
+    """Rows were dropped (``errors="skip"``) or a damaged gzip was read only up to the damage."""
+
+
+# ------------------------------------------------------------------ bytes in
+class _Source:
+    """Decompressed bytes of a file, in chunks; gzip is read with zlib so damage is survivable.
+
+    ``gzip.GzipFile.read`` loses everything decoded in a call that hits a truncated
+    stream; decoding compressed blocks ourselves keeps every complete line before it.
+    """
+
+    def __init__(self, path: PathLike, errors: str) -> None:
+        self.path = os.fspath(path)
+        self.errors = errors
+        self.damaged: str | None = None
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            f = open(self.path, "rb")
+        except OSError as exc:
+            raise ZeekParseError(self.path, f"cannot open the file ({exc.strerror or exc})") from None
+        with f:
+            if f.read(2) == _GZIP_MAGIC:
+                f.seek(0)
+                yield from self._gunzip(f)
+                return
+            f.seek(0)
+            while chunk := f.read(CHUNK_BYTES):
+                yield chunk
+
+    def _gunzip(self, f: Any) -> Iterator[bytes]:
+        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        carry = b""
+        total = 0
+        pending: list[bytes] = []
+        size = 0
+        while True:
+            comp = f.read(1 << 20)
+            try:
+                if not comp:
+                    if not d.eof and (total or d.unconsumed_tail or carry or size):
+                        raise zlib.error("compressed stream ends before its end marker")
+                    break
+                out = [d.decompress(comp)]
+                while d.eof and d.unused_data:  # concatenated gzip members (cat a.gz b.gz)
+                    rest = d.unused_data
+                    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                    out.append(d.decompress(rest))
+            except zlib.error as exc:
+                self._damage(f"gzip data is truncated or corrupt after {total + size} decompressed bytes ({exc})")
+                if pending:  # keep only complete lines before the damage
+                    data = carry + b"".join(pending)
+                    yield data[: data.rfind(b"\n") + 1]
+                return
+            for piece in out:
+                pending.append(piece)
+                size += len(piece)
+            if size >= CHUNK_BYTES:
+                data = carry + b"".join(pending)
+                cut = data.rfind(b"\n") + 1
+                carry, pending, total, size = data[cut:], [], total + size, 0
+                yield data[:cut]
+        tail = carry + b"".join(pending)
+        if tail:
+            yield tail
+
+    def _damage(self, message: str) -> None:
+        if self.errors == "raise":
+            raise ZeekParseError(self.path, message,
+                                 expected="a complete gzip file (or errors='skip' to keep the rows before the damage)")
+        self.damaged = message
+
+
+def _sniff(first: bytes, path: str) -> str:
+    """'tsv' or 'json' from the first decisive line; a clear error for anything else."""
+    for raw in first.splitlines():
+        line = raw.strip()
+        if line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        if not line:
+            continue
+        if line.startswith((b"#fields", b"#separator", b"#types")):
+            return "tsv"
+        if line.startswith(b"#"):
+            continue
+        if line.startswith(b"{"):
+            return "json"
+        break
+    raise ZeekParseError(
+        path, "not a Zeek log: no '#fields' header and no JSON lines",
+        value=first[:80].decode("utf-8", "backslashreplace"),
+        expected="Zeek TSV with its #fields/#types header, or Zeek JSON lines")
+
+
+def _peek(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
+    """First chunk(s) up to a non-comment line, and an iterator that replays them."""
+    seen: list[bytes] = []
+    for chunk in chunks:
+        seen.append(chunk)
+        if re.search(rb"(^|\n)[ \t\r]*[^#\s]", b"".join(seen)) or len(seen) > 4:
+            break
+
+    def replay() -> Iterator[bytes]:
+        yield from seen
+        yield from chunks
+
+    return b"".join(seen)[: 1 << 20], replay()
+
+
+def _name_type(path: str) -> str | None:
+    """Log type from a file name: conn.log, dns.json.gz, conn.log.labeled, labeled-conn.log."""
+    name = os.path.basename(path)
+    name = re.sub(r"^labell?ed-", "", name)
+    stem = name.split(".")[0]
+    return stem or None
+
+
+# ------------------------------------------------------------------ tables out
+def _finish(table: pa.Table, fmt: str, ltype: str | None, skipped: int) -> pa.Table:
+    meta = {b"zeek_format": fmt.encode(), b"zeek_path": (ltype or "").encode(), b"skipped_rows": str(skipped).encode()}
+    return table.replace_schema_metadata(meta)
+
+
+def _report(source: _Source, skipped: list[tuple[int, str]], rows: int) -> None:
+    if skipped:
+        line, reason = skipped[0]
+        warnings.warn(f"{source.path}: skipped {len(skipped)} malformed row(s); first at line {line}: {reason}",
+                      ZeekDataWarning, stacklevel=3)
+    if source.damaged:
+        warnings.warn(f"{source.path}: {source.damaged}; recovered {rows} complete row(s) before the damage",
+                      ZeekDataWarning, stacklevel=3)
+
+
+def _check_errors(errors: str) -> None:
+    if errors not in ("raise", "skip"):
+        raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+
+
+def read_arrow(path: PathLike, *, errors: str = "raise") -> pa.Table:
+    """Read a Zeek log into one Arrow table with Zeek's column names and typed columns.
+
+    Parameters
+    ----------
+    path : a Zeek TSV or JSON-lines log, plain or gzip (detected from content).
+    errors : "raise" stops at the first malformed row; "skip" drops and counts them.
+
+    Returns
+    -------
+    pyarrow.Table whose fields carry their Zeek type in field metadata (``zeek_type``)
+    and whose schema metadata has ``zeek_format``, ``zeek_path`` and ``skipped_rows``.
+    Several header blocks in one file give the union of their columns (null where a
+    block lacks one).
+
+    Raises
+    ------
+    ZeekParseError
+        The file is not a Zeek log, a row is malformed (``errors="raise"``), or a gzip is damaged.
+    ZeekSchemaConflict
+        Two header blocks give one column different types.
+    """
+    _check_errors(errors)
+    source = _Source(path, errors)
+    first, chunks = _peek(source.chunks())
+    fmt = _sniff(first, source.path)
+    skipped: list[tuple[int, str]] = []
+    if fmt == "json":
+        typer = _zeek_json.JsonTyper(source.path, None)
+        tables = []
+        for batch in _zeek_json.iter_rows(chunks, source.path, errors, 1 << 16):
+            table, dropped = typer.table(batch, errors)
+            tables.append(table)
+            skipped += dropped
+        ltype = typer.log_type or _name_type(source.path)
+        table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    else:
+        blocks: list[_zeek_tsv.Block] = []
+        parts: list[pa.Table] = []
+        for seg in _zeek_tsv.iter_segments(chunks, source.path):
+            if not blocks or blocks[-1] is not seg.block:
+                blocks.append(seg.block)
+            result = _zeek_tsv.parse_segment(seg, source.path, errors)
+            parts.append(result.table)
+            skipped += result.skipped
+        schema = _zeek_tsv.unify(source.path, blocks)
+        table = _concat(parts, schema)
+        ltype = next((b.path for b in blocks if b.path), None) or _name_type(source.path)
+    _report(source, skipped, table.num_rows)
+    return _finish(table, fmt, ltype, len(skipped))
+
+
+def _concat(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Tables of the blocks -> one table of ``schema`` (missing columns become nulls)."""
+    aligned = []
+    for part in parts:
+        cols = [part[f.name] if f.name in part.column_names else pa.nulls(part.num_rows, f.type)
+                for f in schema]
+        aligned.append(pa.table(cols, schema=schema))
+    return pa.concat_tables(aligned) if aligned else schema.empty_table()
+
+
+def iter_batches(path: PathLike, *, batch_rows: int = 65_536, errors: str = "raise") -> Iterator[pa.RecordBatch]:
+    """Yield the rows of a Zeek log as Arrow record batches, with bounded memory.
+
+    The file is read in chunks of about 16 MB (decompressed); nothing holds the whole
+    file. For TSV every batch has the same schema, the union of all header blocks (a
+    first pass reads only the headers). For JSON, a column's type is fixed by the
+    first batch it appears in; a later batch may add columns.
+
+    Parameters
+    ----------
+    path : a Zeek TSV or JSON-lines log, plain or gzip.
+    batch_rows : the most rows in one batch.
+    errors : "raise" or "skip", as in :func:`read_arrow`; skipped rows are reported
+        by one warning when the iteration ends.
+
+    Raises
+    ------
+    ZeekParseError, ZeekSchemaConflict, as :func:`read_arrow`.
+    """
+    _check_errors(errors)
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be at least 1")
+    source = _Source(path, errors)
+    first, chunks = _peek(source.chunks())
+    fmt = _sniff(first, source.path)
+    skipped: list[tuple[int, str]] = []
+    rows = 0
+    if fmt == "json":
+        typer = _zeek_json.JsonTyper(source.path, None)
+        for batch in _zeek_json.iter_rows(chunks, source.path, errors, batch_rows):
+            table, dropped = typer.table(batch, errors)
+            skipped += dropped
+            rows += table.num_rows
+            ltype = typer.log_type or _name_type(source.path)
+            yield from _finish(table, fmt, ltype, 0).to_batches(max_chunksize=batch_rows)
+    else:
+        schema, ltype = _scan_schema(path, errors)
+        for seg in _zeek_tsv.iter_segments(chunks, source.path):
+            result = _zeek_tsv.parse_segment(seg, source.path, errors)
+            skipped += result.skipped
+            rows += result.table.num_rows
+            table = _finish(_concat([result.table], schema), fmt, ltype, 0)
+            yield from table.to_batches(max_chunksize=batch_rows)
+    _report(source, skipped, rows)
+
+
+def _scan_schema(path: PathLike, errors: str) -> tuple[pa.Schema, str | None]:
+    """Union schema of all header blocks, reading the file once without parsing rows."""
+    source = _Source(path, errors)
+    blocks: list[_zeek_tsv.Block] = []
+    for seg in _zeek_tsv.iter_segments(source.chunks(), source.path):
+        if not blocks or blocks[-1] is not seg.block:
+            blocks.append(seg.block)
+    schema = _zeek_tsv.unify(source.path, blocks)
+    return schema, next((b.path for b in blocks if b.path), None) or _name_type(source.path)
+
+
+# ------------------------------------------------------------------ pandas
+def _pandas_dtypes() -> dict[pa.DataType, Any]:
+    import pandas as pd
+
+    return {
+        pa.uint64(): pd.UInt64Dtype(), pa.int64(): pd.Int64Dtype(), pa.uint16(): pd.UInt16Dtype(),
+        pa.bool_(): pd.BooleanDtype(), pa.string(): pd.StringDtype("pyarrow"),
+        pa.large_string(): pd.StringDtype("pyarrow"),
+    }
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Arrow table from :func:`read_arrow` -> DataFrame with the documented dtypes.
+
+    Doubles are built as ``Float64`` by hand because pyarrow's mapping would turn
+    NaN into NA, and Zeek's ``nan`` is a value, not a missing one.
+    """
+    import numpy as np
+    import pandas as pd
+
+    mapping = _pandas_dtypes()
+
+    def mapper(t: pa.DataType) -> Any:
+        if pa.types.is_list(t):
+            return pd.ArrowDtype(t)
+        return mapping.get(t)
+
+    floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
+    rest = table.drop_columns(floats) if floats else table
+    df = rest.to_pandas(types_mapper=mapper, self_destruct=False, split_blocks=True)
+    for name in floats:
+        col = table[name]
+        values = col.fill_null(0.0).to_numpy() if col.num_chunks else np.array([], "float64")
+        mask = col.is_null().to_numpy(zero_copy_only=False) if col.num_chunks else np.array([], bool)
+        df[name] = pd.arrays.FloatingArray(np.asarray(values, "float64"), np.asarray(mask, bool))
+    df = df[table.column_names] if floats else df
+    meta = table.schema.metadata or {}
+    df.attrs["skipped_rows"] = int(meta.get(b"skipped_rows", b"0"))
+    df.attrs["log_type"] = meta.get(b"zeek_path", b"").decode() or None
+    df.attrs["zeek_format"] = meta.get(b"zeek_format", b"").decode() or None
+    df.attrs["zeek_types"] = {f.name: zeek_type_of(f) for f in table.schema}
+    return df
+
+
+def read_log(path: PathLike, *, errors: str = "raise") -> pd.DataFrame:
+    """Read a Zeek log into a pandas DataFrame with Zeek's column names and typed columns.
+
+    Parameters
+    ----------
+    path : a Zeek TSV or JSON-lines log, plain or gzip (detected from content).
+    errors : "raise" (default) or "skip" (drop malformed rows, count them, warn).
+
+    Returns
+    -------
+    DataFrame with the dtypes in this module's docstring. ``df.attrs`` holds
+    ``skipped_rows``, ``log_type`` (``#path``/``_path``, else from the file name),
+    ``zeek_format`` ("tsv"/"json") and ``zeek_types`` (column -> Zeek type).
+
+    Raises
+    ------
+    ZeekParseError
+        The file is not a Zeek log, a row is malformed (``errors="raise"``), or a gzip is damaged.
+    ZeekSchemaConflict
+        Two header blocks give one column different types.
+    """
+    return to_pandas(read_arrow(path, errors=errors))
+
+
+# ------------------------------------------------------------------ helpers
+def zeek_type_of(field: pa.Field | pa.DataType | str) -> str:
+    """The Zeek type of an Arrow field read by this module (or a best guess for a bare type).
+
+    A ``str`` is taken as a Zeek type name and normalised (``table[T]`` -> ``set[T]``).
+    """
+    from ._zeek_types import normalise_type
+
+    if isinstance(field, str):
+        return normalise_type(field)
+    if isinstance(field, pa.Field):
+        meta = field.metadata or {}
+        if b"zeek_type" in meta:
+            return meta[b"zeek_type"].decode()
+        field = field.type
+    for name in ("time", "interval", "count", "int", "port", "double", "bool", "string"):
+        if arrow_type(name) == field:
+            return name
+    if pa.types.is_list(field):
+        return f"vector[{zeek_type_of(field.value_type)}]"
+    return "string"
+
+
+def log_type(path_or_header: PathLike | pa.Table | pa.Schema) -> str | None:
+    """Zeek log type ("conn", "dns", ...) of a file or of a table read by this module.
+
+    For a file: ``#path`` (TSV) or ``_path`` (JSON) from the first lines, else the
+    file name (``conn.log``, ``conn.log.labeled``, ``dns.json.gz`` -> conn, conn, dns).
+    """
+    if isinstance(path_or_header, (pa.Table, pa.Schema)):
+        schema = path_or_header.schema if isinstance(path_or_header, pa.Table) else path_or_header
+        value = (schema.metadata or {}).get(b"zeek_path", b"").decode()
+        return value or None
+    source = _Source(path_or_header, "skip")
+    first, _ = _peek(source.chunks())
+    for raw in first.splitlines()[:200]:
+        line = raw.strip()
+        if line.startswith(b"#path"):
+            value = line[5:].strip().lstrip(b"|,;\x00").strip()
+            if value:
+                return value.decode("utf-8", "replace")
+        elif line.startswith(b"{"):
+            m = re.search(rb'"_path"\s*:\s*"([^"]+)"', line)
+            if m:
+                return m.group(1).decode("utf-8", "replace")
+            break
+    return _name_type(source.path)
+
