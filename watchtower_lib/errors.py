@@ -94,3 +94,32 @@ class MissingDependencyError(WatchtowerError, ImportError):
 
 class ModelError(WatchtowerError):
     """A model file is missing, incompatible (features, library versions) or unsafe to load."""
+
+
+class PhaseError(WatchtowerError):
+    """A pipeline phase (an executed notebook) failed; names the notebook and the failing cell.
+
+    Attributes
+    ----------
+    phase : the phase name (``03_features``).
+    notebook : the executed notebook, with the traceback in the failing cell's output.
+    cell_index : 0-based index of the failing cell in that notebook, when known.
+    ename, evalue : the exception's type name and message inside the kernel.
+    """
+
+    def __init__(self, phase: str, notebook: str | Path, message: str, *, cell_index: int | None = None,
+                 ename: str | None = None, evalue: str | None = None) -> None:
+        self.phase = phase
+        self.notebook = str(notebook)
+        self.cell_index = cell_index
+        self.ename = ename
+        self.evalue = evalue
+        super().__init__(message)
+
+    def __reduce__(self):  # keep the context when pickled
+        return (_rebuild_phase_error, (self.phase, self.notebook, str(self), self.cell_index,
+                                       self.ename, self.evalue))
+
+
+def _rebuild_phase_error(phase, notebook, message, cell_index, ename, evalue) -> PhaseError:
+    return PhaseError(phase, notebook, message, cell_index=cell_index, ename=ename, evalue=evalue)
