@@ -19,6 +19,9 @@ _COMMANDS: dict[str, str] = {
     "ingest": "ingest:ingest",
     "show": "show:show",
     "demo": "demo:demo",
+    "run": "run:run",
+    "schedule": "schedule:schedule",
+    "report": "report:report",
 }
 
 
