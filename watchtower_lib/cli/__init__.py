@@ -19,6 +19,8 @@ _COMMANDS: dict[str, str] = {
     "ingest": "ingest:ingest",
     "show": "show:show",
     "demo": "demo:demo",
+    "detect": "detect:detect",
+    "alerts": "alerts:alerts",
     "run": "run:run",
     "schedule": "schedule:schedule",
     "report": "report:report",

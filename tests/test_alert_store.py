@@ -1,0 +1,147 @@
+"""The SQLite alert store: idempotent upserts, incident status, filters, ES catch-up, WAL concurrency."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import IsolationForest
+
+from watchtower_lib import alerts, zeek
+from watchtower_lib.alert_store import AlertStore, severity_at_least
+from watchtower_lib.errors import StoreError
+
+SCAN = "scenarios/stratosphere-sdt/002-nmap-port-scanning/conn.log"
+NUMERIC = ["duration", "orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts"]
+
+
+def alerts_from_conn(conn: pd.DataFrame, threshold: float, version: str = "store-test-v1") -> pd.DataFrame:
+    """Real alerts without the models module: an IsolationForest over log-scaled conn counters."""
+    x = np.log1p(conn[NUMERIC].astype(float).fillna(0.0).to_numpy())
+    score = -IsolationForest(random_state=0, n_estimators=50).fit(x).score_samples(x)
+    rows = np.flatnonzero(score >= threshold)
+    sub = conn.iloc[rows]
+    out = pd.DataFrame({
+        "id": [alerts.alert_id(version, u, "unknown") for u in sub["uid"]],
+        "ts": sub["ts"].to_numpy(), "sensor": "scan-lab",
+        "src_ip": sub["id.orig_h"].to_numpy(), "src_port": sub["id.orig_p"].to_numpy(),
+        "dst_ip": sub["id.resp_h"].to_numpy(), "dst_port": sub["id.resp_p"].to_numpy(),
+        "proto": sub["proto"].to_numpy(), "service": sub["service"].to_numpy(), "kind": "unknown",
+        "family": pd.NA, "score": score[rows], "severity": alerts.severity("unknown", score[rows], threshold),
+        "explanation": "orig_pkts high", "explanation_json": "[]", "uid": sub["uid"].to_numpy(),
+        "model_version": version,
+    })
+    return alerts._typed(out)
+
+
+@pytest.fixture(scope="module")
+def scan_alerts(shared_data):
+    conn = zeek.read_log(shared_data / SCAN)
+    return alerts_from_conn(conn, threshold=0.0)  # every connection of the scan
+
+
+@pytest.fixture
+def store(tmp_path):
+    return AlertStore(tmp_path / "alerts.sqlite")
+
+
+def test_upsert_is_idempotent(store, scan_alerts):
+    assert store.upsert_alerts(scan_alerts) == 4504
+    assert store.upsert_alerts(scan_alerts) == 0  # rerun of detect: nothing new
+    assert store.upsert_alerts(scan_alerts.iloc[::-1]) == 0
+    stored = store.alerts()
+    assert len(stored) == 4504
+    assert set(stored["id"]) == set(scan_alerts["id"])
+    one = stored.set_index("uid").loc["C5xhsO3uGtOfyrBlHh"]
+    assert (one["dst_ip"], one["dst_port"], one["proto"]) == ("8.8.8.8", 53, "udp")
+    assert one["ts"] == pd.Timestamp("2022-09-29T14:40:56.755299Z")
+
+
+def test_filters_by_time_kind_and_score(store, scan_alerts):
+    store.upsert_alerts(scan_alerts)
+    window = store.alerts(start="2022-09-29T15:30:00Z", end="2022-09-29T15:40:00Z")
+    expected = scan_alerts[(scan_alerts["ts"] >= pd.Timestamp("2022-09-29T15:30:00Z"))
+                           & (scan_alerts["ts"] < pd.Timestamp("2022-09-29T15:40:00Z"))]
+    assert len(window) == len(expected) == 3242
+    assert store.alerts(kind="known").empty
+    high = store.alerts(min_score=0.6)
+    assert len(high) == int((scan_alerts["score"] >= 0.6).sum()) > 0
+    assert high["score"].min() >= 0.6
+
+
+def test_incident_status_lifecycle(store, scan_alerts):
+    store.upsert_alerts(scan_alerts)
+    incidents = alerts.group_incidents(scan_alerts, 60)
+    assert store.upsert_incidents(incidents) == 1
+    assert store.upsert_incidents(incidents) == 0  # regrouping the same alerts changes nothing
+    (inc,) = store.incidents().itertuples()
+    assert (inc.status, inc.count, inc.dst_ip, inc.n_destinations) == ("new", 4504, "*", 182)
+    assert store.alerts(incident_id=inc.incident_id).shape[0] == 4504
+    full = store.set_status(inc.incident_id[:10], "acknowledged", note="known pentest")
+    assert full == inc.incident_id
+    assert store.incidents("acknowledged")["note"].tolist() == ["known pentest"]
+    store.set_status(full, "closed")
+    assert store.incidents("new").empty and len(store.incidents("closed")) == 1
+    assert store.events(full)["status"].tolist() == ["new", "acknowledged", "closed"]
+    with pytest.raises(StoreError, match="no incident matches"):
+        store.set_status("inc-doesnotexist", "closed")
+    with pytest.raises(StoreError, match="status must be one of"):
+        store.set_status(full, "resolved")
+
+
+def test_closed_incident_reopens_when_it_grows(store, scan_alerts):
+    early = scan_alerts[scan_alerts["ts"] < pd.Timestamp("2022-09-29T15:40:00Z")]
+    store.upsert_alerts(early)
+    store.upsert_incidents(alerts.group_incidents(early, 60))
+    (first,) = store.incidents().itertuples()
+    store.set_status(first.incident_id, "closed", note="looked at it")
+    store.upsert_alerts(scan_alerts)  # the next run sees the rest of the scan
+    store.upsert_incidents(alerts.group_incidents(store.alerts(), 60))
+    (again,) = store.incidents().itertuples()
+    assert again.incident_id == first.incident_id  # same first alert, same incident
+    assert again.count == 4504 > first.count
+    assert again.status == "new" and again.note == f"reopened: {4504 - first.count} new alerts"
+
+
+def test_pending_es_until_marked(store, scan_alerts):
+    store.upsert_alerts(scan_alerts.head(100))
+    assert len(store.pending_es()) == 100
+    assert store.mark_es_indexed(store.pending_es()["id"].head(60)) == 60
+    store.upsert_alerts(scan_alerts.head(150))  # rerun plus 50 new
+    pending = store.pending_es()
+    assert len(pending) == 90 and not pending["es_indexed"].any()
+
+
+def test_wal_lets_a_reader_read_while_a_writer_writes(store, scan_alerts):
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    chunks = np.array_split(np.arange(len(scan_alerts)), 20)
+    errors: list[BaseException] = []
+
+    def write():
+        try:
+            for chunk in chunks:
+                store.upsert_alerts(scan_alerts.iloc[chunk])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen = []
+    while writer.is_alive():
+        seen.append(len(store.alerts()))
+    writer.join()
+    assert not errors
+    assert seen == sorted(seen)  # a reader sees whole transactions only, growing
+    boundaries = {0, *np.cumsum([len(c) for c in chunks]).tolist()}
+    assert set(seen) <= boundaries  # never half a transaction
+    assert len(store.alerts()) == 4504
+
+
+def test_severity_at_least():
+    s = pd.Series(["low", "medium", "high", "critical"])
+    assert severity_at_least(s, "high").tolist() == [False, False, True, True]
+    with pytest.raises(StoreError):
+        severity_at_least(s, "urgent")
