@@ -1,0 +1,273 @@
+"""Which remote files a sensor's patterns select, and where each may land locally.
+
+Why this is strict: remote names come from a machine we do not control. A name
+with ``..``, a separator, or a symlink pointing out of ``remote_dir`` must never
+make the collector read outside ``remote_dir`` or write outside
+``raw/<sensor>/``. Such entries are *refused* (reported, not fetched), never
+silently rewritten into something else.
+
+The walk is pattern-driven (``current/*.log`` lists ``current/`` only), works
+over any *source* with ``root``, ``realpath``, ``listdir`` and ``stat`` (the SFTP
+source in ``_sftp.py`` and :class:`LocalSource` here), and uses ``lstat``
+information so a symlink is seen as a symlink before anything follows it.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import posixpath
+import stat as stat_mod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry as the source reports it (``kind`` from lstat unless followed)."""
+
+    name: str
+    kind: str  # "file", "dir", "link" or "other"
+    size: int = 0
+    mtime: int = 0
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file selected for collection: ``rel`` is '/'-separated and already checked safe."""
+
+    rel: str
+    path: str  # the path to open on the source
+    size: int
+    mtime: int
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A remote name or pattern the collector would not follow, and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Listing:
+    files: list[RemoteFile] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why one path component may not be used locally, or None when it is fine."""
+    if name in ("", ".", ".."):
+        return f"the name {name!r} refers to a directory, not a file below remote_dir"
+    if "/" in name or "\\" in name:
+        return "the name contains a path separator"
+    if any(ord(c) < 32 for c in name):
+        return "the name contains a control character"
+    return None
+
+
+def safe_local_path(sensor_dir: Path, rel: str) -> Path:
+    """``sensor_dir / rel``, after proving it cannot resolve outside ``sensor_dir``.
+
+    Raises
+    ------
+    ValueError
+        ``rel`` is absolute, has an unsafe component, or resolves (through a
+        local symlink) outside ``sensor_dir``; the message says which.
+    """
+    if rel.startswith("/") or rel.startswith("\\"):
+        raise ValueError(f"{rel}: an absolute name cannot be placed under {sensor_dir}")
+    parts = rel.split("/")
+    for part in parts:
+        problem = unsafe_name(part)
+        if problem:
+            raise ValueError(f"{rel}: {problem}")
+    target = sensor_dir.joinpath(*parts)
+    base = os.path.realpath(sensor_dir)
+    resolved = os.path.realpath(target)
+    if not _inside(resolved, base):
+        raise ValueError(f"{rel}: would be written to {resolved}, outside {base} (a local symlink?)")
+    return target
+
+
+def _inside(path: str, root: str) -> bool:
+    root = root.rstrip("/") or "/"
+    return path == root or path.startswith(root if root == "/" else root + "/")
+
+
+def old_copy_path(local: Path, stamp: str) -> Path:
+    """Where an older copy of ``local`` is kept: ``conn.log`` -> ``conn.prev-<stamp>.log``.
+
+    The tag goes before the first dot so ``.log`` / ``.log.gz`` stay at the end
+    and the copy is still recognisable as a Zeek log.
+    """
+    name = local.name
+    cut = name.find(".", 1)
+    stem, ext = (name, "") if cut < 0 else (name[:cut], name[cut:])
+    candidate = local.with_name(f"{stem}.prev-{stamp}{ext}")
+    n = 2
+    while candidate.exists():
+        candidate = local.with_name(f"{stem}.prev-{stamp}-{n}{ext}")
+        n += 1
+    return candidate
+
+
+def list_matching(source, patterns: Sequence[str]) -> Listing:
+    """Every file below ``source.root`` that a pattern selects, plus what was refused.
+
+    Patterns are '/'-separated globs relative to ``remote_dir`` (``*.log.gz``,
+    ``current/*.log``, ``**/*.log``); ``*`` does not cross a ``/``. A file
+    selected by two patterns is listed once.
+    """
+    listing = Listing()
+    try:
+        root_real = source.realpath(source.root)
+    except OSError as exc:
+        listing.errors.append(f"{source.root}: cannot open remote_dir ({exc})")
+        return listing
+    seen: set[str] = set()
+    for pattern in patterns:
+        segments = [s for s in pattern.split("/") if s not in ("", ".")]
+        if pattern.startswith("/") or ".." in segments or not segments:
+            listing.refused.append(Refusal(pattern, "pattern is absolute or steps out of remote_dir with '..'; "
+                                                    "patterns must be relative to remote_dir"))
+            continue
+        _walk(source, source.root, (), segments, root_real, listing, seen)
+    return listing
+
+
+def _walk(source, dir_path: str, rel: tuple[str, ...], segments: list[str], root_real: str,
+          listing: Listing, seen: set[str]) -> None:
+    seg, rest = segments[0], segments[1:]
+    if seg == "**":
+        if rest:
+            _walk(source, dir_path, rel, rest, root_real, listing, seen)
+        entries = _list(source, dir_path, rel, listing)
+        for entry in entries:
+            if entry.kind == "dir" and unsafe_name(entry.name) is None:  # never follow links under **
+                _walk(source, posixpath.join(dir_path, entry.name), (*rel, entry.name), segments,
+                      root_real, listing, seen)
+        return
+    for entry in _list(source, dir_path, rel, listing):
+        if entry.name in (".", "..") or not fnmatchcase(entry.name, seg):
+            continue
+        child_rel = (*rel, entry.name)
+        shown = "/".join(child_rel)
+        problem = unsafe_name(entry.name)
+        if problem:
+            listing.refused.append(Refusal(shown, problem))
+            continue
+        path = posixpath.join(dir_path, entry.name)
+        if entry.kind == "link":
+            try:
+                target = source.realpath(path)
+            except OSError as exc:
+                listing.errors.append(f"{shown}: symlink cannot be resolved ({_reason(exc)})")
+                continue
+            if not _inside(target, root_real):
+                listing.refused.append(Refusal(shown, f"symlink points outside remote_dir (to {target}); "
+                                                      f"not followed"))
+                continue
+            try:
+                entry = source.stat(path)
+            except OSError as exc:
+                listing.errors.append(f"{shown}: cannot stat symlink target ({_reason(exc)})")
+                continue
+        if rest:
+            if entry.kind == "dir":
+                _walk(source, path, child_rel, rest, root_real, listing, seen)
+        elif entry.kind == "file" and shown not in seen:
+            seen.add(shown)
+            listing.files.append(RemoteFile(shown, path, entry.size, entry.mtime))
+
+
+def _list(source, dir_path: str, rel: tuple[str, ...], listing: Listing) -> list[Entry]:
+    try:
+        return sorted(source.listdir(dir_path), key=lambda e: e.name)
+    except OSError as exc:
+        listing.errors.append(f"{'/'.join(rel) or '.'}: cannot list directory ({_reason(exc)})")
+        return []
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror or exc}"
+    return str(exc) or type(exc).__name__
+
+
+def _kind(mode: int) -> str:
+    if stat_mod.S_ISLNK(mode):
+        return "link"
+    if stat_mod.S_ISDIR(mode):
+        return "dir"
+    if stat_mod.S_ISREG(mode):
+        return "file"
+    return "other"
+
+
+def entry_from_stat(name: str, st) -> Entry:
+    """An :class:`Entry` from an ``os.stat_result`` or paramiko ``SFTPAttributes``."""
+    mode = st.st_mode or 0
+    return Entry(name, _kind(mode), int(st.st_size or 0), int(st.st_mtime or 0))
+
+
+class LocalSource:
+    """A ``kind: local`` sensor: the same walk and checks over a local folder."""
+
+    kind = "local"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path, strict=True)
+
+    def listdir(self, path: str) -> list[Entry]:
+        with os.scandir(path) as it:
+            return [entry_from_stat(e.name, e.stat(follow_symlinks=False)) for e in it]
+
+    def stat(self, path: str) -> Entry:
+        return entry_from_stat(posixpath.basename(path), os.stat(path))
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    def read_chunks(self, path: str, offset: int, size: int) -> Iterator[bytes]:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            remaining = size - offset
+            while remaining > 0:
+                data = fh.read(min(READ_CHUNK, remaining))
+                if not data:
+                    return
+                remaining -= len(data)
+                yield data
+
+    def hasher(self, files: Sequence[RemoteFile]) -> Callable[[RemoteFile], str | None]:
+        """SHA-256 of the first ``size`` bytes of a file, read straight from the folder."""
+        def digest(rf: RemoteFile) -> str | None:
+            h = hashlib.sha256()
+            for chunk in self.read_chunks(rf.path, 0, rf.size):
+                h.update(chunk)
+            return h.hexdigest()
+        return digest
+
+    def connection_lost(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
