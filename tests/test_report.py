@@ -1,0 +1,201 @@
+"""Report figures and tables on real captures.
+
+The alerts here are built from real data without the models: ``known`` alerts are the
+capture's ground-truth malicious flows (family = Stratosphere's detailed label, score 1),
+``unknown`` alerts come from a real IsolationForest fitted on the capture.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_behaviour import IOT, NORMAL43, _plain_conn, halves, read_conn
+
+from watchtower_lib import behaviour, report
+
+ALERT_COLS = ["id", "ts", "sensor", "src_ip", "dst_ip", "dst_port", "proto", "service", "kind", "family",
+              "score", "severity", "explanation", "uid", "model_version"]
+FEATURES = ["orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts"]
+
+
+def read_labelled(path) -> pd.DataFrame:
+    """``labels.read_labelled`` when present; until it lands, the plain reader (labels as in the file)."""
+    try:
+        from watchtower_lib.labels import read_labelled as read
+    except ImportError:
+        return _plain_conn(path)
+    return read(path)
+
+
+def _labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    label = df["label"].astype("string").str.lower()
+    detail = df["detailed-label"] if "detailed-label" in df else df["detail"]
+    return label, detail.astype("string")
+
+
+def build_alerts(df: pd.DataFrame, *, sensor: str = "iot23") -> pd.DataFrame:
+    """Known alerts from the labels, unknown ones from an IsolationForest (top 1% of scores)."""
+    from sklearn.ensemble import IsolationForest
+
+    label, detail = _labels(df)
+    base = pd.DataFrame({
+        "ts": df["ts"], "sensor": sensor, "src_ip": df["id.orig_h"].astype("string"),
+        "dst_ip": df["id.resp_h"].astype("string"), "dst_port": df["id.resp_p"], "proto": df["proto"],
+        "service": df["service"], "uid": df["uid"].astype("string"),
+    })
+    bad = (label == "malicious").to_numpy()
+    known = base[bad].assign(kind="known", family=detail[bad].to_numpy(), score=1.0, severity="critical",
+                             explanation="labelled malicious by Stratosphere", model_version="labels")
+    x = np.log1p(df[FEATURES].astype("Float64").fillna(0).to_numpy(dtype=float))
+    scores = -IsolationForest(n_estimators=50, random_state=0).fit(x).score_samples(x)
+    threshold = float(np.quantile(scores, 0.99))
+    hit = scores >= threshold
+    z = (x[hit] - x.mean(axis=0)) / (x.std(axis=0) + 1e-9)
+    expl = [f"{FEATURES[i]} unusual (z={row[i]:+.1f})" for row, i in zip(z, np.abs(z).argmax(axis=1))]
+    margin = (scores[hit] - threshold) / (1 - threshold)
+    unknown = base[hit].assign(kind="unknown", family=pd.NA, score=scores[hit],
+                               severity=np.where(margin >= 0.5, "high", np.where(margin >= 0.2, "medium", "low")),
+                               explanation=expl, model_version="iforest-test")
+    out = pd.concat([known, unknown], ignore_index=True)
+    out["id"] = [f"a{i}" for i in range(len(out))]
+    return out[ALERT_COLS].sort_values("ts", ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def iot(shared_data):
+    df = read_labelled(shared_data / IOT)
+    return df, build_alerts(df)
+
+
+def _no_data(fig) -> bool:
+    return any(a.text == report.NO_DATA for a in fig.layout.annotations)
+
+
+def test_period_figures_and_week_over_week(iot):
+    df, alerts = iot
+    a, b = halves(df)
+    first = df[(df["ts"] >= a[0]) & (df["ts"] < a[1])]
+    second = df[(df["ts"] >= b[0]) & (df["ts"] < b[1])]
+    now = report.period_figures(second, alerts, alerts.head(3))
+    before = report.period_figures(first)
+    assert now["connections"] == len(second) == 18225
+    assert now["bytes"] == float(second["orig_bytes"].fillna(0).sum() + second["resp_bytes"].fillna(0).sum())
+    assert now["hosts"] == 1 and before["hosts"] == 2 and now["incidents"] == 3 and before["alerts"] == 0
+    public = report.period_figures(df, internal_networks=["10.0.0.0/8"])
+    assert public["hosts"] == 0
+    table = report.week_over_week(now, before).set_index("metric")
+    assert list(table.index) == list(report.METRICS)
+    assert table.loc["connections", "change_pct"] == pytest.approx(100 * (18225 - 4920) / 4920)
+    assert pd.isna(table.loc["alerts", "change_pct"])  # no baseline: 0 alerts before
+    assert table.loc["hosts", "change"] == -1
+    assert report.week_over_week(now, None)["previous_period"].isna().all()
+    fig = report.week_over_week_figure(now, before)
+    assert len(fig.data) == 5 and fig.layout.width == report.WIDTH
+    assert list(fig.data[0].y) == [4920, 18225]
+    assert "+270%" in fig.layout.annotations[0].text
+
+
+def test_alert_tables(iot):
+    df, alerts = iot
+    label, detail = _labels(df)
+    families = report.attack_families(alerts).set_index("family")
+    # the label counts of capture 34-1 (PROVENANCE.md)
+    assert families["alerts"].to_dict() == {"DDoS": 14394, "C&C": 6706, "PartOfAHorizontalPortScan": 122}
+    assert families.index[0] == "DDoS" and families.loc["C&C", "sources"] == 1
+    top = report.top_alerted_hosts(alerts, n=5)
+    assert top.loc[0, "host"] == "192.168.1.195"
+    assert top.loc[0, "known"] == int(((label == "malicious") & (df["id.orig_h"] == "192.168.1.195")).sum())
+    assert top.loc[0, "alerts"] == top.loc[0, "known"] + top.loc[0, "unknown"]
+    assert top.loc[0, "max_severity"] == "critical"
+    unknown = report.unknown_anomalies(alerts, n=7)
+    assert len(unknown) == 7 and unknown["score"].is_monotonic_decreasing
+    assert unknown["explanation"].str.contains("unusual").all()
+    assert unknown.loc[0, "score"] == alerts.loc[alerts["kind"] == "unknown", "score"].max()
+
+
+def test_alert_figures(iot):
+    df, alerts = iot
+    fig = report.alerts_over_time(alerts, freq="h")
+    assert sum(sum(t.y) for t in fig.data) == len(alerts)
+    assert [t.name for t in fig.data][-1] == "critical"  # stacked last = drawn on top
+    hourly = pd.to_datetime(alerts["ts"], utc=True).dt.floor("h").value_counts()
+    totals = pd.Series(np.sum([np.asarray(t.y) for t in fig.data], axis=0), index=pd.DatetimeIndex(fig.data[0].x))
+    assert totals.max() == hourly.max()
+    day = pd.Timestamp("2018-12-21", tz="UTC")
+    fixed = report.alerts_over_time(alerts, freq="h", by="kind", start=day, end=day + pd.Timedelta(days=2))
+    assert len(fixed.data[0].x) == 48 and {t.name for t in fixed.data} == {"known", "unknown"}
+    hosts = report.top_hosts_figure(alerts)
+    assert list(hosts.data[0].y)[-1] == "192.168.1.195"
+    fams = report.families_figure(alerts)
+    assert list(fams.data[0].x) == [122, 6706, 14394]
+
+
+def test_behaviour_and_drift_figures(shared_data):
+    df = read_conn(shared_data / NORMAL43)
+    a, b = halves(df)
+    cmp = behaviour.compare_periods(df, a, b, internal_networks=["147.32.0.0/16"])
+    fig = report.behaviour_figure(cmp)
+    assert list(fig.data[0].y) == ["147.32.83.165"]
+    assert "291 new destinations" in fig.data[0].hovertext[0]
+    assert report.behaviour_changes(cmp).loc[0, "host"] == "147.32.83.165"
+    prof = report.hour_profile_figure(cmp, "147.32.83.165")
+    assert sum(prof.data[0].y) + sum(prof.data[1].y) == len(df[df["id.orig_h"] == "147.32.83.165"])
+    drift = report.drift_figure(cmp.drift)
+    assert list(drift.data[0].x) == list(cmp.drift.dropna(subset=["psi"])["feature"])
+    assert _no_data(report.hour_profile_figure(cmp, "10.9.9.9"))
+
+
+def test_model_health():
+    cards = [
+        {"kind": "supervised", "version": "20261130T0600-ab12", "trained_at": "2026-11-30T06:00:00Z",
+         "training_files": ["conn.log.labeled.gz"], "rows": 23145, "threshold": 0.5,
+         "metrics": {"f1": 0.97, "confusion": [[1, 2], [3, 4]]}},
+        {"kind": "unsupervised", "version": "v2", "trained_at": "2026-12-02T00:00:00+00:00", "rows": 9048},
+    ]
+    table = report.model_health(cards, now="2026-12-03T12:00:00Z")
+    assert list(table["age_days"]) == [3.2, 1.5]
+    assert table.loc[0, "metric:f1"] == 0.97 and "metric:confusion" not in table
+    assert table.loc[0, "training_files"] == "conn.log.labeled.gz" and pd.isna(table.loc[1, "threshold"])
+    assert report.model_health(None).empty
+
+
+@pytest.mark.parametrize("make", [
+    lambda e: report.alerts_over_time(e), lambda e: report.top_hosts_figure(e),
+    lambda e: report.families_figure(e), lambda e: report.behaviour_figure(None),
+    lambda e: report.drift_figure(pd.DataFrame(columns=["feature", "psi"])),
+    lambda e: report.week_over_week_figure({}, None), lambda e: report.hour_profile_figure(None, "x"),
+])
+def test_empty_input_says_no_data(make):
+    empty = pd.DataFrame(columns=ALERT_COLS)
+    fig = make(empty)
+    assert _no_data(fig) and fig.layout.width == report.WIDTH and fig.layout.height == report.HEIGHT
+    assert report.top_alerted_hosts(empty).empty and report.attack_families(empty).empty
+    assert report.unknown_anomalies(empty).empty
+
+
+def test_setup_notebook_inlines_plotly_js_offline(tmp_path):
+    """Executed in a real kernel, the figure output is HTML with plotly.js inlined, no CDN."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    if not shutil.which("python3"):
+        pytest.skip("no python3 for the kernel")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("import watchtower_lib.report as r\nr.setup_notebook()"),
+        nbformat.v4.new_code_cell("r.empty_figure('t')"),
+        nbformat.v4.new_code_cell("r.empty_figure('u')"),
+    ]
+    NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    outputs = [o for cell in nb.cells[1:] for o in cell.outputs]
+    html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    figures = [h for h in html if "Plotly.newPlot" in h]
+    bundles = [h for h in html if len(h) > 1_000_000]  # plotly.js itself, several MB
+    assert len(figures) == 2 and len(bundles) == 1  # the library inlined once, before the first figure
+    text = json.dumps([o for cell in nb.cells for o in cell.outputs])
+    # (plotly.js itself mentions https://cdn.plot.ly/un/ as its default topojson URL for maps)
+    assert "cdn.plot.ly/plotly" not in text and 'src=\\"http' not in text  # nor MathJax from cdnjs
+    assert "https://cdn" not in "".join(figures)

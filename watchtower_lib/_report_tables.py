@@ -1,0 +1,180 @@
+"""The tables of the weekly report, as plain DataFrames (``report`` re-exports them).
+
+Why apart from the figures: each table is the data behind one figure, and a test
+or a notebook can check or export it without plotly.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: The week's figures, in the order the report shows them.
+METRICS = ("connections", "bytes", "hosts", "alerts", "incidents")
+SEVERITY_ORDER = ("critical", "high", "medium", "low")
+ALERT_TABLE_COLUMNS = ["ts", "src_ip", "dst_ip", "dst_port", "service", "kind", "family", "score",
+                       "severity", "explanation"]
+
+
+def period_figures(
+    conn: pd.DataFrame | None = None,
+    alerts: pd.DataFrame | None = None,
+    incidents: pd.DataFrame | None = None,
+    *,
+    internal_networks: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """One period's headline figures: connections, bytes, hosts, alerts, incidents.
+
+    ``hosts`` counts distinct originating addresses, only those inside
+    ``internal_networks`` when given. A missing input counts as zero.
+    """
+    conn = conn if conn is not None else pd.DataFrame()
+    figures: dict[str, float] = {"connections": float(len(conn)), "bytes": 0.0, "hosts": 0.0}
+    for col in ("orig_bytes", "resp_bytes"):
+        if col in conn:
+            figures["bytes"] += float(pd.to_numeric(conn[col], errors="coerce").fillna(0).sum())
+    if "id.orig_h" in conn:
+        hosts = pd.Series(conn["id.orig_h"].dropna().unique()).astype(str)
+        if internal_networks:
+            nets = [ipaddress.ip_network(n, strict=False) for n in internal_networks]
+            hosts = hosts[[_inside(h, nets) for h in hosts]]
+        figures["hosts"] = float(len(hosts))
+    figures["alerts"] = float(len(alerts)) if alerts is not None else 0.0
+    figures["incidents"] = float(len(incidents)) if incidents is not None else 0.0
+    return figures
+
+
+def _inside(addr: str, nets: list) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in nets if net.version == ip.version)
+
+
+def week_over_week(current: Mapping[str, float], previous: Mapping[str, float] | None) -> pd.DataFrame:
+    """``metric, this_period, previous_period, change, change_pct`` for each of :data:`METRICS`.
+
+    ``change_pct`` is NA where the previous value is zero or unknown (no baseline to compare).
+    """
+    previous = previous or {}
+    rows = []
+    for metric in METRICS:
+        now = float(current.get(metric, 0) or 0)
+        before = previous.get(metric)
+        before = None if before is None else float(before)
+        change = None if before is None else now - before
+        pct = None if not before else 100.0 * (now - before) / before
+        rows.append({"metric": metric, "this_period": now, "previous_period": before,
+                     "change": change, "change_pct": pct})
+    out = pd.DataFrame(rows)
+    for col in ("previous_period", "change", "change_pct"):
+        out[col] = out[col].astype("Float64")
+    return out
+
+
+def top_alerted_hosts(alerts: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The hosts that raised most alerts (as source): counts per kind, worst severity, families."""
+    cols = ["host", "alerts", "known", "unknown", "max_score", "max_severity", "families", "destinations"]
+    if alerts is None or alerts.empty:
+        return pd.DataFrame(columns=cols)
+    work = alerts.assign(_rank=alerts["severity"].map({s: i for i, s in enumerate(SEVERITY_ORDER[::-1])}))
+    grouped = work.groupby("src_ip")
+    out = pd.DataFrame({
+        "alerts": grouped.size(),
+        "known": grouped["kind"].agg(lambda s: int((s == "known").sum())),
+        "unknown": grouped["kind"].agg(lambda s: int((s == "unknown").sum())),
+        "max_score": grouped["score"].max().astype(float),
+        "_rank": grouped["_rank"].max(),
+        "families": grouped["family"].agg(lambda s: ", ".join(sorted(set(s.dropna().astype(str))))),
+        "destinations": grouped["dst_ip"].nunique(),
+    })
+    ranks = SEVERITY_ORDER[::-1]
+    out["max_severity"] = [ranks[int(r)] if pd.notna(r) else None for r in out["_rank"]]
+    out = out.rename_axis("host").reset_index()
+    out = out.sort_values(["alerts", "max_score"], ascending=False, kind="stable").head(n)
+    return out[cols].reset_index(drop=True)
+
+
+def attack_families(alerts: pd.DataFrame) -> pd.DataFrame:
+    """Known attack families this period: alerts, sources, destinations, first and last seen."""
+    cols = ["family", "alerts", "sources", "destinations", "first_seen", "last_seen", "max_score"]
+    known = _known(alerts)
+    if known.empty:
+        return pd.DataFrame(columns=cols)
+    grouped = known.assign(ts=pd.to_datetime(known["ts"], utc=True)).groupby("family")
+    out = grouped.agg(alerts=("ts", "size"), sources=("src_ip", "nunique"), destinations=("dst_ip", "nunique"),
+                      first_seen=("ts", "min"), last_seen=("ts", "max"), max_score=("score", "max"))
+    out = out.reset_index().sort_values(["alerts", "family"], ascending=[False, True], kind="stable")
+    return out[cols].reset_index(drop=True)
+
+
+def _known(alerts: pd.DataFrame | None) -> pd.DataFrame:
+    if alerts is None or alerts.empty:
+        return pd.DataFrame(columns=ALERT_TABLE_COLUMNS)
+    known = alerts[alerts["kind"] == "known"]
+    return known.assign(family=known["family"].astype("string").fillna("(unnamed)"))
+
+
+def unknown_anomalies(alerts: pd.DataFrame, n: int = 20) -> pd.DataFrame:
+    """The ``n`` highest-scoring anomalies (``kind == "unknown"``) with their explanations."""
+    if alerts is None or alerts.empty:
+        return pd.DataFrame(columns=ALERT_TABLE_COLUMNS)
+    unknown = alerts[alerts["kind"] == "unknown"]
+    cols = [c for c in ALERT_TABLE_COLUMNS if c in unknown.columns]
+    top = unknown.sort_values(["score", "ts"], ascending=[False, True], kind="stable").head(n)
+    return top[cols].reset_index(drop=True)
+
+
+def behaviour_changes(comparison: Any, n: int = 10) -> pd.DataFrame:
+    """The hosts whose behaviour changed most (a ``behaviour.BehaviourComparison``), for the report."""
+    if comparison is None:
+        return pd.DataFrame(columns=["host", "change_score", "reasons"])
+    return comparison.ranked(n)
+
+
+def model_health(cards: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, *,
+                 now: Any = None) -> pd.DataFrame:
+    """One row per model card: kind, version, when trained (and how long ago), on what, threshold, metrics.
+
+    Cards are the dicts models write as ``card.json`` (keys such as ``version``, ``kind``,
+    ``trained_at``, ``training_files``, ``rows``, ``threshold``, ``metrics``); missing keys stay NA.
+    Scalar metrics become ``metric:<name>`` columns.
+    """
+    cols = ["kind", "version", "trained_at", "age_days", "training_files", "rows", "threshold"]
+    if cards is None:
+        return pd.DataFrame(columns=cols)
+    if isinstance(cards, Mapping):
+        cards = [cards]
+    now_ts = pd.Timestamp.now(tz="UTC") if now is None else _utc(now)
+    rows = []
+    for card in cards:
+        trained = card.get("trained_at")
+        trained_ts = _utc(trained) if trained else None
+        files = card.get("training_files") or []
+        if isinstance(files, (str, bytes)):
+            files = [files]
+        row = {
+            "kind": card.get("kind"), "version": card.get("version"),
+            "trained_at": trained_ts,
+            "age_days": round((now_ts - trained_ts).total_seconds() / 86400, 1) if trained_ts is not None else None,
+            "training_files": ", ".join(str(f) for f in files) if files else None,
+            "rows": card.get("rows"), "threshold": card.get("threshold"),
+        }
+        for name, value in (card.get("metrics") or {}).items():
+            if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+                row[f"metric:{name}"] = float(value)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out[cols + [c for c in out.columns if c not in cols]]
+
+
+def _utc(value: Any) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
