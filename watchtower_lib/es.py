@@ -208,9 +208,10 @@ def index_logs(df: pd.DataFrame, log_type: str, *, es: Elasticsearch | None = No
     names = [m.ecs_name(log_type, c) for c in columns]
     constants = {"event.kind": "event", "event.category": ["network"], "event.module": "zeek",
                  "event.dataset": f"zeek.{log_type}", "ecs.version": m.ECS_VERSION}
-    meta = m.column_meta(df, names, {f.zeek: f.zeek_type for f in m.fields(log_type)})
-    extra = [(n, m.es_type_for_dtype(str(df[c].dtype))) for c, n in zip(columns, names)
-             if c not in m.zeek_to_ecs(log_type)]
+    zeek_types = {**(df.attrs.get("zeek_types") or {}), **{f.zeek: f.zeek_type for f in m.fields(log_type)}}
+    meta = m.column_meta(df, names, zeek_types)
+    extra = [(n, "ip" if zeek_types.get(c) == "addr" else m.es_type_for_dtype(str(df[c].dtype)))
+             for c, n in zip(columns, names) if c not in m.zeek_to_ecs(log_type)]
     report = BulkReport(indices=sorted(set(indices)))
     if len(df) == 0:
         return report
@@ -229,7 +230,7 @@ def index_alerts(alerts: pd.DataFrame, *, es: Elasticsearch | None = None,
     ``_id`` is the alert's ``id`` column (deterministic: model version + uid) when
     present, else a hash of the row, so re-indexing the same alerts adds nothing.
     Known columns go to ECS fields (``es_mapping.ALERT_FIELDS``), the rest to
-    ``watchtower.alert.<column>``; ``explanation`` is stored but not indexed.
+    ``watchtower.alert.<column>``; ``explanation_json`` is stored but not indexed.
     """
     es, prefix = _resolve(es, settings)
     index = f"{prefix}-alerts"
@@ -237,7 +238,7 @@ def index_alerts(alerts: pd.DataFrame, *, es: Elasticsearch | None = None,
     names = [m.ALERT_FIELDS.get(c, (f"watchtower.alert.{c}", ""))[0] for c in columns]
     meta = m.column_meta(alerts, names, {})
     extra = [(n, m.es_type_for_dtype(str(alerts[c].dtype))) for c, n in zip(columns, names)
-             if c not in m.ALERT_FIELDS and c != "explanation"]
+             if c not in m.ALERT_FIELDS]
     report = BulkReport(indices=[index])
     if len(alerts) == 0:
         return report

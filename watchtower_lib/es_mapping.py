@@ -170,25 +170,27 @@ _LOGS: dict[str, list[tuple[str, str | None, str, str]]] = {
 
 LOG_TYPES: tuple[str, ...] = tuple(_LOGS)
 
-# Alerts (watchtower_lib.alerts.detect): column -> (ecs field, es type). Columns not listed
-# go to watchtower.alert.<column>; "explanation" is kept in _source but not indexed.
+# Alerts (watchtower_lib.alerts.ALERT_COLUMNS): column -> (ecs field, es type). Columns not
+# listed go to watchtower.alert.<column>; explanation_json is kept in _source, not indexed.
 ALERT_FIELDS: dict[str, tuple[str, str]] = {
     "id": ("event.id", "keyword"),
     "ts": ("@timestamp", "date_nanos"),
     "sensor": ("observer.name", "keyword"),
-    "id.orig_h": ("source.ip", "ip"),
-    "id.orig_p": ("source.port", "long"),
-    "id.resp_h": ("destination.ip", "ip"),
-    "id.resp_p": ("destination.port", "long"),
+    "src_ip": ("source.ip", "ip"),
+    "src_port": ("source.port", "long"),
+    "dst_ip": ("destination.ip", "ip"),
+    "dst_port": ("destination.port", "long"),
     "proto": ("network.transport", "keyword"),
     "service": ("network.protocol", "keyword"),
     "kind": ("rule.category", "keyword"),
     "family": ("rule.name", "keyword"),
     "score": ("event.risk_score", "double"),
-    "severity": ("event.severity_label", "keyword"),
+    "severity": ("watchtower.alert.severity", "keyword"),
+    "explanation": ("message", "text"),
+    "explanation_json": ("watchtower.alert.explanation_json", "keyword"),
     "uid": ("zeek.session_id", "keyword"),
-    "incident_id": ("watchtower.alert.incident_id", "keyword"),
     "model_version": ("watchtower.alert.model_version", "keyword"),
+    "incident_id": ("watchtower.alert.incident_id", "keyword"),
 }
 
 
@@ -317,8 +319,8 @@ def alerts_template(prefix: str) -> dict[str, Any]:
     """Composable index template for ``<prefix>-alerts*``."""
     pairs = [(ecs, es_type) for ecs, es_type in ALERT_FIELDS.values()]
     tree = props(pairs)
-    tree.setdefault("watchtower", {"properties": {}})["properties"].setdefault(
-        "alert", {"properties": {}})["properties"]["explanation"] = {"type": "object", "enabled": False}
+    tree["watchtower"]["properties"]["alert"]["properties"]["explanation_json"] = {
+        "type": "keyword", "index": False, "doc_values": False}
     return {
         "index_patterns": [f"{prefix}-alerts*"],
         "composed_of": [f"{prefix}-ecs-base"],
@@ -432,7 +434,7 @@ def flatten(source: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in source.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and name != "watchtower.alert.explanation":
+        if isinstance(value, Mapping):
             out.update(flatten(value, name + "."))
         else:
             out[name] = value

@@ -24,6 +24,7 @@ _COMMANDS: dict[str, str] = {
     "run": "run:run",
     "schedule": "schedule:schedule",
     "report": "report:report",
+    "es": "es:es",
 }
 
 

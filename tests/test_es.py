@@ -1,0 +1,290 @@
+"""watchtower_lib.es against a real Elasticsearch node (scripts/es-node), on real Zeek logs.
+
+The node: $WATCHTOWER_ES_URL if set (CI starts one), else this session starts its
+own with scripts/es-node on a free port and stops it at the end. Each test
+works under its own index prefix and deletes it afterwards.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, require
+from watchtower_lib import es_mapping
+from watchtower_lib.config import load
+from watchtower_lib.errors import IntegrationError, MissingDependencyError
+
+SDT = "labelled/stratosphere-sdt"
+CONN_43 = f"{SDT}/011-ctu-normal-43-day1/conn.log.labeled"  # 9,048 rows, 2022-06-12 (Sun) .. 06-13 (Mon)
+CONN_40 = f"{SDT}/008-ctu-normal-40-day1/conn.log.labeled"  # 5,663 rows
+WRCCDC = "multi/wrccdc-2018/zeek-tsv"
+
+
+def _elasticsearch_importable() -> bool:
+    try:
+        import elasticsearch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def es_url(tmp_path_factory: pytest.TempPathFactory):
+    require("ES", _elasticsearch_importable(), "the client: pip install 'watchtower-zeek[es]'")
+    url = os.environ.get("WATCHTOWER_ES_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+    state = tmp_path_factory.mktemp("es-node-state")
+    script = ROOT / "scripts" / "es-node"
+    proc = subprocess.run([str(script), "start", "--state", str(state)], capture_output=True, text=True,
+                          timeout=600)
+    require("ES", proc.returncode == 0,
+            f"scripts/es-node start failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    try:
+        yield proc.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(script), "stop", "--state", str(state)], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def settings(es_url):
+    """Settings pointing at the node, with an index prefix of this test's own."""
+    prefix = f"wt-test-{uuid.uuid4().hex[:8]}"
+    s = load(env={"WATCHTOWER_ES_URL": es_url, "WATCHTOWER_ELASTICSEARCH__INDEX_PREFIX": prefix})
+    from watchtower_lib import es
+
+    client = es.client(s)
+    es.install_templates(client, settings=s)
+    yield s
+    client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, allow_no_indices=True)
+    client.indices.delete_index_template(name=f"{prefix}-*")
+    client.cluster.delete_component_template(name=f"{prefix}-ecs-base")
+
+
+@pytest.fixture(scope="module")
+def conn43(shared_data: Path) -> pd.DataFrame:
+    from watchtower_lib.zeek import read_log
+
+    return read_log(shared_data / CONN_43)
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    keys = [c for c in df.columns if not isinstance(df[c].dtype, pd.ArrowDtype) and df[c].dtype != object]
+    return df.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def test_templates_map_ecs_types(settings):
+    from watchtower_lib import es
+
+    client = es.client(settings)
+    prefix = settings.elasticsearch.index_prefix
+    client.indices.create(index=f"{prefix}-zeek-conn-2000.01")
+    props = client.indices.get_field_mapping(
+        index=f"{prefix}-zeek-conn-2000.01",
+        fields="source.ip,destination.port,event.duration,network.transport,zeek.conn.history")
+    mapping = props[f"{prefix}-zeek-conn-2000.01"]["mappings"]
+    types = {name: next(iter(body["mapping"].values()))["type"] for name, body in mapping.items()}
+    assert types == {"source.ip": "ip", "destination.port": "long", "event.duration": "long",
+                     "network.transport": "keyword", "zeek.conn.history": "keyword"}
+    names = {t["name"] for t in client.indices.get_index_template(name=f"{prefix}-*")["index_templates"]}
+    assert {f"{prefix}-zeek-{lt}" for lt in ("conn", "dns", "http", "ssl", "notice", "weird")} < names
+    assert f"{prefix}-alerts" in names
+
+
+def test_conn_round_trip_and_idempotence(settings, conn43):
+    from watchtower_lib import es
+
+    first = es.index_logs(conn43, "conn", settings=settings, refresh=True)
+    assert (first.created, first.existing, first.failed) == (len(conn43), 0, 0) == (9048, 0, 0)
+    assert first.indices == [f"{settings.elasticsearch.index_prefix}-zeek-conn-2022.06"]
+    second = es.index_logs(conn43, "conn", settings=settings, refresh=True)
+    assert (second.created, second.existing, second.failed) == (0, 9048, 0)
+    client = es.client(settings)
+    assert client.count(index=es.index_pattern("conn", settings.elasticsearch.index_prefix))["count"] == 9048
+
+    back = es.search_df("conn", settings=settings, page_size=1000)  # ten pages through the PIT
+    assert list(back.columns) == list(conn43.columns)
+    assert back["ts"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(_sorted(back), _sorted(conn43))
+
+    # the document itself is ECS: event.duration in nanoseconds, ports as numbers
+    row = conn43.dropna(subset=["duration"]).iloc[0]
+    hit = client.search(index=first.indices[0], query={"term": {"zeek.session_id": row["uid"]}})["hits"]["hits"]
+    source = hit[0]["_source"]
+    assert source["event.duration"] == row["duration"].value
+    assert source["source.port"] == int(row["id.orig_p"]) and source["event.dataset"] == "zeek.conn"
+
+
+@pytest.mark.parametrize("path,log_type", [
+    (f"{WRCCDC}/dns.log.gz", "dns"),  # vector[interval] TTLs, 53,615 rows
+    (f"{SDT}/008-ctu-normal-40-day1/http.log.labeled", "http"),
+    (f"{WRCCDC}/ssl.log.gz", "ssl"),
+    (f"{WRCCDC}/notice.log.gz", "notice"),
+    (f"{SDT}/008-ctu-normal-40-day1/weird.log.labeled", "weird"),
+])
+def test_other_logs_round_trip(settings, shared_data, path, log_type):
+    from watchtower_lib import es
+    from watchtower_lib.zeek import read_log
+
+    df = read_log(shared_data / path)
+    report = es.index_logs(df, log_type, settings=settings, refresh=True)
+    assert report.failed == 0, report.samples
+    assert report.created + report.existing == len(df)
+    back = es.search_df(log_type, settings=settings)
+    assert len(back) == report.created  # identical rows share one _id
+    expected = df.loc[~_duplicated(df)]
+    pd.testing.assert_frame_equal(_sorted(back), _sorted(expected))
+
+
+def _duplicated(df: pd.DataFrame) -> np.ndarray:
+    return pd.Series([repr(tuple(row)) for row in df.itertuples(index=False)]).duplicated().to_numpy()
+
+
+def test_window_fields_and_query(settings, conn43):
+    from watchtower_lib import es
+
+    es.index_logs(conn43, "conn", settings=settings, refresh=True)
+    start, end = pd.Timestamp("2022-06-12T22:00:00Z"), pd.Timestamp("2022-06-13T02:00:00Z")
+    got = es.search_df("conn", start=start, end=end, fields=["ts", "uid", "id.resp_p"], settings=settings)
+    want = conn43.loc[(conn43["ts"] >= start) & (conn43["ts"] < end), ["ts", "uid", "id.resp_p"]]
+    assert list(got.columns) == ["ts", "uid", "id.resp_p"]
+    assert len(got) == len(want) > 0
+    pd.testing.assert_frame_equal(_sorted(got), _sorted(want))
+
+    smb = es.search_df("conn", query={"term": {"destination.port": 445}}, settings=settings)
+    assert len(smb) == int((conn43["id.resp_p"] == 445).sum()) > 0
+    text = es.search_df("conn", query="network.transport:udp AND zeek.conn.conn_state:S0", settings=settings)
+    assert len(text) == int(((conn43["proto"] == "udp") & (conn43["conn_state"] == "S0")).sum())
+
+
+def test_mapping_conflict_is_counted_not_raised(settings, conn43):
+    from watchtower_lib import es
+
+    rows = conn43.head(6).copy()
+    rows["id.orig_h"] = rows["id.orig_h"].astype("string")
+    rows.loc[rows.index[:2], "id.orig_h"] = ["not-an-ip", "300.1.2.3"]
+    report = es.index_logs(rows, "conn", settings=settings, refresh=True)
+    assert (report.created, report.existing, report.failed) == (4, 0, 2)
+    assert sum(report.errors.values()) == 2
+    assert all("source.ip" in (s["reason"] or "") for s in report.samples)
+    back = es.search_df("conn", settings=settings)
+    assert sorted(back["id.orig_h"]) == sorted(rows["id.orig_h"].iloc[2:])
+
+
+def test_weekly_host_stats_matches_pandas(settings, shared_data, conn43):
+    from watchtower_lib import es
+    from watchtower_lib.zeek import read_log
+
+    conn40 = read_log(shared_data / CONN_40)
+    for df in (conn43, conn40):
+        es.index_logs(df, "conn", settings=settings, refresh=True)
+    got = es.weekly_host_stats(settings=settings, page_size=50)  # several composite pages
+
+    both = pd.concat([conn43, conn40], ignore_index=True)
+    both = both.loc[~_duplicated(both)]
+    week = both["ts"].dt.tz_convert(None).dt.to_period("W-SUN").dt.start_time.dt.tz_localize("UTC")
+    grouped = both.assign(week=week.astype("datetime64[ns, UTC]")).groupby(["week", "id.orig_h"])
+    want = pd.DataFrame({
+        "connections": grouped.size(),
+        "orig_ip_bytes": grouped["orig_ip_bytes"].sum(),
+        "resp_ip_bytes": grouped["resp_ip_bytes"].sum(),
+        "distinct_resp_h": grouped["id.resp_h"].nunique(),
+        "distinct_resp_p": grouped["id.resp_p"].nunique(),
+    }).reset_index()
+    assert got["week"].nunique() == 2  # Sunday 12 and Monday 13 June 2022 fall in two ISO weeks
+    assert len(got) == len(want) > 50
+    for column in ["connections", "orig_ip_bytes", "resp_ip_bytes", "distinct_resp_h", "distinct_resp_p"]:
+        want[column] = want[column].astype("Int64")
+    want["id.orig_h"] = want["id.orig_h"].astype("string")
+    pd.testing.assert_frame_equal(got, want.sort_values(["week", "id.orig_h"], ignore_index=True))
+
+
+def test_index_alerts_round_trip(settings, conn43):
+    from watchtower_lib import es
+
+    sample = conn43.dropna(subset=["service"]).head(25)
+    alerts = pd.DataFrame({
+        "id": ("test-v1:" + sample["uid"]).to_numpy(),
+        "ts": sample["ts"].to_numpy(),
+        "sensor": pd.array(["edge-01"] * len(sample), dtype="string"),
+        "src_ip": sample["id.orig_h"].to_numpy(), "src_port": sample["id.orig_p"].astype("Int64").to_numpy(),
+        "dst_ip": sample["id.resp_h"].to_numpy(), "dst_port": sample["id.resp_p"].astype("Int64").to_numpy(),
+        "proto": sample["proto"].to_numpy(), "service": sample["service"].to_numpy(),
+        "kind": pd.array(["unknown"] * len(sample), dtype="string"),
+        "family": pd.array([pd.NA] * len(sample), dtype="string"),
+        "score": np.linspace(0.5, 0.99, len(sample)),
+        "severity": pd.array(["high"] * len(sample), dtype="string"),
+        "explanation": pd.array(["duration=1 (baseline median 0.2, +0.300)"] * len(sample), dtype="string"),
+        "explanation_json": pd.array(['[{"feature": "duration"}]'] * len(sample), dtype="string"),
+        "uid": sample["uid"].to_numpy(),
+        "model_version": pd.array(["test-v1"] * len(sample), dtype="string"),
+    })
+    for col in ("id", "src_ip", "dst_ip", "proto", "service", "uid"):
+        alerts[col] = alerts[col].astype("string")
+    report = es.index_alerts(alerts, settings=settings, refresh=True)
+    assert (report.created, report.failed) == (25, 0)
+    assert es.index_alerts(alerts, settings=settings, refresh=True).existing == 25
+    back = es.search_df("alerts", settings=settings)
+    pd.testing.assert_frame_equal(_sorted(back), _sorted(alerts))
+    high = es.search_df("alerts", query={"range": {"event.risk_score": {"gte": 0.9}}}, settings=settings)
+    assert len(high) == int((alerts["score"] >= 0.9).sum()) > 0
+
+
+def test_node_down_names_url_and_fix(es_url):
+    from watchtower_lib import es
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again when the block ends: nothing listens there
+    s = load(env={"WATCHTOWER_ES_URL": f"http://127.0.0.1:{port}", "WATCHTOWER_ELASTICSEARCH__MAX_RETRIES": "0"})
+    with pytest.raises(IntegrationError) as info:
+        es.ping(settings=s)
+    assert f"127.0.0.1:{port}" in str(info.value) and "scripts/es-node start" in str(info.value)
+    with pytest.raises(IntegrationError):
+        es.search_df("conn", settings=s)
+
+
+def test_missing_client_names_the_extra(monkeypatch):
+    from watchtower_lib import es
+
+    monkeypatch.setitem(sys.modules, "elasticsearch", None)  # as if the extra were not installed
+    with pytest.raises(MissingDependencyError) as info:
+        es.client(load(env={"WATCHTOWER_ES_URL": "http://127.0.0.1:9"}))
+    assert info.value.extra == "es" and "watchtower-zeek[es]" in str(info.value)
+
+
+def test_docs_table_is_the_code_table():
+    doc = (ROOT / "docs" / "ecs.md").read_text(encoding="utf-8")
+    assert es_mapping.markdown_table() in doc
+
+
+def test_cli_install_templates_and_index(settings, shared_data, monkeypatch):
+    from click.testing import CliRunner
+
+    from watchtower_lib import es
+    from watchtower_lib.cli import cli
+
+    monkeypatch.setenv("WATCHTOWER_ES_URL", settings.elasticsearch.url)
+    monkeypatch.setenv("WATCHTOWER_ELASTICSEARCH__INDEX_PREFIX", settings.elasticsearch.index_prefix)
+    runner = CliRunner()
+    assert "install-templates" in runner.invoke(cli, ["es", "--help"]).output
+    result = runner.invoke(cli, ["es", "install-templates"])
+    assert result.exit_code == 0, result.output
+    path = shared_data / CONN_40
+    result = runner.invoke(cli, ["es", "index", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "5663 new, 0 already indexed, 0 rejected" in result.output
+    result = runner.invoke(cli, ["es", "index", str(path)])
+    assert "0 new, 5663 already indexed, 0 rejected" in result.output
+    client = es.client(settings)
+    client.indices.refresh(index=f"{settings.elasticsearch.index_prefix}-*")
+    assert client.count(index=es.index_pattern("conn", settings.elasticsearch.index_prefix))["count"] == 5663

@@ -1,0 +1,75 @@
+"""``watchtower es``: set up Elasticsearch and copy Zeek logs into it.
+
+Thin wrappers over :mod:`watchtower_lib.es`; each is one library call in a notebook.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import settings_from
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def es() -> None:
+    """Elasticsearch: index templates, indexing Zeek logs, node health.
+
+    The node comes from elasticsearch.url in the config or $WATCHTOWER_ES_URL.
+    For a local test node run `scripts/es-node start` and export the URL it prints.
+    """
+
+
+@es.command("status")
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Show the cluster's health (exit code 2 if it cannot be reached)."""
+    from .. import es as wes
+
+    health = wes.ping(settings=settings_from(ctx))
+    click.echo(f"{health['cluster_name']}: {health['status']}, {health['number_of_nodes']} node(s), "
+               f"{health['active_shards']} active shard(s)")
+
+
+@es.command("install-templates")
+@click.pass_context
+def install_templates(ctx: click.Context) -> None:
+    """Install or update the ECS index templates for Zeek logs and alerts (safe to repeat)."""
+    from .. import es as wes
+
+    names = wes.install_templates(settings=settings_from(ctx))
+    click.echo(f"installed {len(names)} index templates: {', '.join(names)}")
+
+
+@es.command("index")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--log-type", default=None,
+              help="Zeek log type (conn, dns, ...). Default: the #path in each file's header.")
+@click.option("--threads", default=2, show_default=True, help="Bulk requests in flight at once.")
+@click.pass_context
+def index(ctx: click.Context, paths: tuple[Path, ...], log_type: str | None, threads: int) -> None:
+    """Index Zeek log files (TSV or JSON, .gz too) into Elasticsearch.
+
+    Re-running on the same files adds nothing: every row has a fixed document id.
+    Rows Elasticsearch rejects (e.g. a value that does not fit its field) are
+    counted and shown, and make the exit code 1.
+    """
+    from .. import es as wes
+    from ..zeek import read_log
+
+    settings = settings_from(ctx)
+    wes.install_templates(settings=settings)
+    rejected = 0
+    for path in paths:
+        df = read_log(path)
+        kind = log_type or df.attrs.get("log_type")
+        if not kind:
+            raise click.UsageError(f"{path}: no #path header; pass --log-type")
+        report = wes.index_logs(df, kind, settings=settings, threads=threads)
+        rejected += report.failed
+        click.echo(f"{path}: {kind}, {report.created} new, {report.existing} already indexed, "
+                   f"{report.failed} rejected")
+        for sample in report.samples[:3]:
+            click.echo(f"  rejected {sample['_id']}: {sample['type']}: {sample['reason']}", err=True)
+    if rejected:
+        ctx.exit(1)
