@@ -1,0 +1,322 @@
+"""The Parquet store on real logs: idempotent ingest, crash safety, pruned loads, summaries.
+
+Crashes are real: a subprocess ingesting real logs is SIGKILLed at a chosen
+write or rename, then the store is inspected and the ingest re-run.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from watchtower_lib import store, zeek
+from watchtower_lib.errors import StoreError, ZeekParseError
+
+ROOT = Path(__file__).resolve().parents[1]
+SDT = "labelled/stratosphere-sdt"
+RAT_CONN = "scenarios/stratosphere-sdt/003-android-rat/conn.log"  # 361 rows, one day
+CONN_008 = f"{SDT}/008-ctu-normal-40-day1/conn.log.labeled"  # 5663 rows over two UTC days
+CONN_011 = f"{SDT}/011-ctu-normal-43-day1/conn.log.labeled"  # 9048 rows over two UTC days
+PROVENANCE_SETS = ["labelled/stratosphere-sdt", "scenarios", "multi/zat-samples", "multi/wrccdc-2018/zeek-tsv"]
+
+
+def _visible_parquet(store_dir: Path) -> set[Path]:
+    return {p for p in store_dir.rglob("*.parquet") if not p.name.startswith(".")}
+
+
+def _temp_files(store_dir: Path) -> list[Path]:
+    return [p for p in store_dir.rglob(".*") if p.name.endswith(".parquet.tmp")]
+
+
+# ----------------------------------------------------------------- provenance
+def _provenance(shared: Path) -> dict[str, dict[str, object]]:
+    """Per log type: rows, first and last ts, for the PROVENANCE.md rows under PROVENANCE_SETS."""
+    pattern = re.compile(r"^\| `([^`]+)` \| (\S+)[^|]*\| (\d+) \| ([^|]+) \|")
+    out: dict[str, dict[str, object]] = {}
+    for line in (shared / "PROVENANCE.md").read_text().splitlines():
+        m = pattern.match(line)
+        if not m or not m.group(1).startswith(tuple(PROVENANCE_SETS)):
+            continue
+        entry = out.setdefault(m.group(2), {"rows": 0, "first": None, "last": None})
+        entry["rows"] = int(entry["rows"]) + int(m.group(3))  # type: ignore[call-overload]
+        span = m.group(4).strip()
+        if span != "n/a":
+            first, last = (pd.Timestamp(s.strip()) for s in span.split(".."))
+            entry["first"] = first if entry["first"] is None else min(entry["first"], first)  # type: ignore
+            entry["last"] = last if entry["last"] is None else max(entry["last"], last)  # type: ignore
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared corpus (labelled Stratosphere, scenarios, ZAT, WRCCDC TSV) in one store."""
+    target = tmp_path_factory.mktemp("corpus") / "store"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = store.ingest([shared_data / s for s in PROVENANCE_SETS], target)
+    assert not report.errors
+    return target
+
+
+def test_summary_matches_provenance(corpus_store: Path, shared_data: Path) -> None:
+    expected = _provenance(shared_data)
+    summary = store.summary(corpus_store).set_index("log_type")
+    assert expected["conn"]["rows"] == 5663 + 9048 + 992 + 992 + 4504 + 361 + 992 + 18 + 50 + 360
+    assert sorted(summary.index) == sorted(expected)
+    for log_type, want in expected.items():
+        got = summary.loc[log_type]
+        assert got["rows"] == want["rows"], log_type
+        if want["first"] is None:
+            assert pd.isna(got["first_ts"]), log_type
+        else:
+            assert got["first_ts"].floor("s") == want["first"], log_type
+            assert got["last_ts"].floor("s") == want["last"], log_type
+
+
+def test_ingest_twice_adds_nothing(shared_data: Path, tmp_path: Path) -> None:
+    target = tmp_path / "store"
+    folder = shared_data / SDT / "008-ctu-normal-40-day1"
+    first = store.ingest([folder], target)
+    assert first.files_ingested == 7 and first.files_skipped == 0
+    assert first.rows_by_log_type == {"conn": 5663, "http": 342, "notice": 16, "sip": 33, "ssl": 545,
+                                      "tunnel": 6, "weird": 56}
+    assert [Path(p).name for p in first.not_logs] == ["labels.config"]
+    files_before = {p: p.stat().st_mtime_ns for p in _visible_parquet(target)}
+    summary_before = store.summary(target)
+
+    again = store.ingest([folder], target)
+    renamed = tmp_path / "renamed-conn.log"  # same content under another name is the same log
+    shutil.copyfile(folder / "conn.log.labeled", renamed)
+    copy = store.ingest([renamed], target)
+
+    assert (again.files_ingested, again.files_skipped, again.rows) == (0, 7, 0)
+    assert (copy.files_ingested, copy.files_skipped) == (0, 1)
+    assert {p: p.stat().st_mtime_ns for p in _visible_parquet(target)} == files_before
+    pd.testing.assert_frame_equal(store.summary(target), summary_before)
+
+
+# ---------------------------------------------------------------------- crashes
+_CRASH_SCRIPT = """
+import os, signal, sys
+import pyarrow.parquet as pq
+from watchtower_lib import store
+
+where, kill_at, target, *paths = sys.argv[1:]
+calls = [0]
+
+def dying(real):
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return wrapper
+
+if where == "rename":
+    os.replace = dying(os.replace)
+else:
+    pq.ParquetWriter.write_batch = dying(pq.ParquetWriter.write_batch)
+store.ingest(paths, target)
+"""
+
+
+@pytest.mark.parametrize(("where", "kill_at"), [("write", 2), ("rename", 3)])
+def test_killed_ingest_leaves_nothing_partial_and_rerun_completes(
+        shared_data: Path, tmp_path: Path, where: str, kill_at: int) -> None:
+    """SIGKILL while writing the 2nd file's first part, or between the renames of its two parts."""
+    target = tmp_path / "store"
+    paths = [str(shared_data / RAT_CONN), str(shared_data / CONN_008)]
+    proc = subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, where, str(kill_at), str(target), *paths],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+    # The first file is committed; nothing of the second is visible to readers.
+    assert _temp_files(target), "the kill should have left a temporary part behind"
+    committed = store.files(target, "conn")
+    assert len(committed) == 1 and "date=2020-08-07" in str(committed[0])
+    assert len(store.load(target, "conn")) == 361
+    if where == "rename":  # one part of the second file was renamed but never committed
+        assert len(_visible_parquet(target)) == 2
+
+    report = store.ingest(paths, target)
+    assert (report.files_skipped, report.files_ingested) == (1, 1)
+    assert _temp_files(target) == []
+    assert _visible_parquet(target) == set(store.files(target, "conn"))
+    assert len(store.files(target, "conn")) == 3
+    assert len(store.load(target, "conn")) == 361 + 5663
+
+
+def test_exception_mid_file_removes_its_parts(shared_data: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "store"
+    real = zeek.iter_batches
+
+    def failing(path: Path, **kwargs: object):  # the real batches, then the source disappears
+        yield from real(path, batch_rows=1000, **kwargs)  # type: ignore[arg-type]
+        raise OSError("input/output error (the sensor's disk went away)")
+
+    store.ingest([shared_data / RAT_CONN], target)
+    monkeypatch.setattr(zeek, "iter_batches", failing)
+    with pytest.raises(StoreError, match="input/output error"):
+        store.ingest([shared_data / CONN_008], target)
+    assert _temp_files(target) == []
+    assert len(_visible_parquet(target)) == 1
+    monkeypatch.undo()
+    assert store.ingest([shared_data / CONN_008], target).files_ingested == 1
+    assert len(store.load(target, "conn")) == 361 + 5663
+
+
+def test_bad_file_raises_or_is_reported(shared_data: Path, tmp_path: Path) -> None:
+    target = tmp_path / "store"
+    bad = shared_data / "edge/zat-http-gzip-truncated-corrupt.log.gz"
+    with pytest.raises(ZeekParseError, match="zat-http-gzip-truncated-corrupt"):
+        store.ingest([shared_data / RAT_CONN, bad], target)
+    assert store.log_types(target) == ["conn"]  # the good file before it stays committed
+    assert _temp_files(target) == []
+    with pytest.warns(UserWarning, match="recovered 150"):
+        report = store.ingest([bad, shared_data / "edge/zeekcut-conn-plain-tsv-no-zeek-header.log"],
+                              target, errors="skip")
+    assert report.rows_by_log_type == {"http": 150}
+    assert list(report.errors) == [str(shared_data / "edge/zeekcut-conn-plain-tsv-no-zeek-header.log")]
+    with pytest.raises(StoreError, match="no such file"):
+        store.ingest([tmp_path / "missing.log"], target)
+
+
+# ------------------------------------------------------------------------ loads
+@pytest.fixture(scope="module")
+def two_days(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    target = tmp_path_factory.mktemp("twodays") / "store"
+    store.ingest([shared_data / CONN_008, shared_data / CONN_011], target)
+    frames = [zeek.read_log(shared_data / CONN_008), zeek.read_log(shared_data / CONN_011)]
+    return target, pd.concat(frames, ignore_index=True)
+
+
+def test_load_range_prunes_partitions(two_days: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    source, both = two_days
+    target = tmp_path / "store"
+    shutil.copytree(source, target)
+    start, end = pd.Timestamp("2022-06-13 06:00", tz="UTC"), pd.Timestamp("2022-06-13 12:00", tz="UTC")
+    all_files = store.files(target, "conn")
+    in_range = store.files(target, "conn", "2022-06-13 06:00", "2022-06-13 12:00")
+    assert len(all_files) == 4 and len(in_range) == 2
+    assert all("date=2022-06-13" in str(p) for p in in_range)
+    for outside in set(all_files) - set(in_range):  # prove the other days are never opened
+        outside.write_bytes(b"not parquet any more")
+
+    df = store.load(target, "conn", start, end)
+    want = both[(both["ts"] >= start) & (both["ts"] < end)]
+    assert len(df) == len(want) == 4912
+    assert df["ts"].min() >= start and df["ts"].max() < end
+    assert df["ts"].is_monotonic_increasing
+    assert sorted(df["uid"]) == sorted(want["uid"])
+    assert store.load(target, "conn", "2022-06-13 06:00:00", "2022-06-13 06:00:00").empty
+    with pytest.raises(Exception):  # noqa: B017 - a full load does open the damaged files
+        store.load(target, "conn")
+
+
+def test_load_gives_the_readers_frame(two_days: tuple[Path, pd.DataFrame], shared_data: Path,
+                                      tmp_path: Path) -> None:
+    target, _ = two_days
+    df = store.load(target, "conn")
+    assert len(df) == 5663 + 9048
+    assert (df.pop("_sensor") == "local").all()
+    for name in ("labelled", "json"):
+        path = shared_data / (CONN_008 if name == "labelled" else "multi/wrccdc-2018/zeek-json/ssh.json.gz")
+        one = tmp_path / name
+        store.ingest([path], one, sensor="edge-01")
+        expected = zeek.read_log(path).sort_values("ts", kind="stable").reset_index(drop=True)
+        got = store.load(one, expected.attrs["log_type"])
+        assert got.pop("_sensor").unique().tolist() == ["edge-01"]
+        pd.testing.assert_frame_equal(got, expected)
+    assert str(df["ts"].dtype) == "datetime64[ns, UTC]" and str(df["duration"].dtype) == "timedelta64[ns]"
+    assert str(df["id.resp_p"].dtype) == "UInt16" and str(df["orig_bytes"].dtype) == "UInt64"
+
+
+def test_load_columns_sensor_and_errors(two_days: tuple[Path, pd.DataFrame], shared_data: Path,
+                                        tmp_path: Path) -> None:
+    target, _ = two_days
+    df = store.load(target, "conn", columns=["id.orig_h", "label"])
+    assert list(df.columns) == ["id.orig_h", "label"] and len(df) == 5663 + 9048
+    assert set(df["label"].dropna()) == {"Benign", "Malicious", "Background"}
+    with pytest.raises(StoreError, match=r"no column 'nope'; columns: ts, uid"):
+        store.load(target, "conn", columns=["nope"])
+    with pytest.raises(StoreError, match=r"'con'.*did you mean 'conn'.*it has: conn"):
+        store.load(target, "con")
+    with pytest.raises(StoreError, match="no Watch Tower store at"):
+        store.load(tmp_path / "nothing", "conn")
+    with pytest.raises(StoreError, match="not a date"):
+        store.load(target, "conn", start="yesterday-ish")
+
+    mixed = tmp_path / "mixed"
+    store.ingest([shared_data / RAT_CONN], mixed, sensor="s1")
+    store.ingest([shared_data / "scenarios/stratosphere-sdt/006-ssh-honeypot-rpi/conn.log"], mixed, sensor="s2")
+    assert len(store.load(mixed, "conn", sensor="s1")) == 361
+    assert len(store.load(mixed, "conn", sensor=["s1", "s2"])) == 361 + 18
+
+
+def test_schemas_of_different_zeek_versions_are_unified(shared_data: Path, tmp_path: Path) -> None:
+    """Bro 2.x conn (no local_resp) next to Zeek conn with label columns: union, null where missing."""
+    target = tmp_path / "store"
+    store.ingest([shared_data / "multi/zat-samples/tsv/conn.log", shared_data / CONN_008], target)
+    df = store.load(target, "conn")
+    bro = df["ts"] < pd.Timestamp("2014-01-01", tz="UTC")
+    assert bro.sum() == 360 and (~bro).sum() == 5663
+    assert df.loc[bro, "label"].isna().all() and df.loc[~bro, "label"].notna().all()
+    assert df.loc[bro, "local_resp"].isna().all() and df.loc[~bro, "local_resp"].notna().any()
+
+
+def test_type_conflict_names_both_files(shared_data: Path, tmp_path: Path) -> None:
+    # Derived, not real: the real ZAT conn.log with its #types line changed to call id.orig_p a string.
+    real = shared_data / "multi/zat-samples/tsv/conn.log"
+    text = real.read_text()
+    types = next(line for line in text.splitlines() if line.startswith("#types"))
+    altered = tmp_path / "conn-orig_p-as-string.log"
+    altered.write_text(text.replace(types, types.replace("port", "string", 1)))
+    target = tmp_path / "store"
+    store.ingest([real, altered], target)
+    with pytest.raises(StoreError) as info:
+        store.load(target, "conn")
+    message = str(info.value)
+    assert "'id.orig_p'" in message and "uint16" in message and "string" in message
+    assert str(real) in message and str(altered) in message
+
+
+def test_unset_ts_goes_to_date_unknown(shared_data: Path, tmp_path: Path) -> None:
+    path = shared_data / "edge/zeek-baseline-canonified/json-null-field.json.log"
+    target = tmp_path / "store"
+    report = store.ingest([path], target)
+    (log_type,) = report.rows_by_log_type
+    parts = store.files(target, log_type)
+    assert [p.parent.name for p in parts] == ["date=unknown"]
+    assert len(store.load(target, log_type)) == 1
+    assert store.load(target, log_type, start="1970-01-01").empty
+    loaded_scripts = shared_data / "multi/wrccdc-2018/zeek-tsv/loaded_scripts.log.gz"  # no ts column at all
+    store.ingest([loaded_scripts], target)
+    assert [p.parent.name for p in store.files(target, "loaded_scripts")] == ["date=unknown"]
+    assert len(store.load(target, "loaded_scripts")) == 512
+
+
+def test_header_only_file_keeps_its_columns(shared_data: Path, tmp_path: Path) -> None:
+    target = tmp_path / "store"
+    report = store.ingest([shared_data / f"{SDT}/011-ctu-normal-43-day1/files.log.labeled"], target)
+    assert report.files_ingested == 1 and report.files_written == 0
+    df = store.load(target, "files")
+    assert df.empty and {"ts", "fuid", "label", "_sensor"} <= set(df.columns)
+    summary = store.summary(target)
+    assert summary.loc[0, "rows"] == 0 and pd.isna(summary.loc[0, "first_ts"])
+
+
+def test_sample_data_is_ingestible(tmp_path: Path) -> None:
+    """Every log shipped in data/ goes in; the READMEs and label rules are skipped."""
+    report = store.ingest([ROOT / "data"], tmp_path / "store")
+    assert not report.errors and report.files_ingested == 62
+    assert sorted(Path(p).name for p in report.not_logs) == ["README.md", "labels.config", "labels.config"]
+    assert os.path.getsize(tmp_path / "store" / "_manifest.sqlite") > 0
