@@ -145,3 +145,34 @@ def test_severity_at_least():
     assert severity_at_least(s, "high").tolist() == [False, False, True, True]
     with pytest.raises(StoreError):
         severity_at_least(s, "urgent")
+
+
+def test_cli_list_show_ack_close(tmp_path, scan_alerts, monkeypatch):
+    from click.testing import CliRunner
+
+    from watchtower_lib.cli import cli
+
+    monkeypatch.chdir(tmp_path)  # default config: ./alerts.sqlite
+    monkeypatch.delenv("WATCHTOWER_CONFIG", raising=False)
+    db = AlertStore(tmp_path / "alerts.sqlite")
+    db.upsert_alerts(scan_alerts)
+    db.upsert_incidents(alerts.group_incidents(scan_alerts, 10))
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["alerts", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert len(listed.output.strip().splitlines()) == 6  # header + 5 incidents
+    assert "172.16.1.11 -> *" in listed.output
+    sweep = db.incidents().query("dst_ip == '*'").iloc[0].incident_id
+    shown = runner.invoke(cli, ["alerts", "show", sweep[:12], "--limit", "3"])
+    assert shown.exit_code == 0 and f"{sweep}  new" in shown.output
+    assert len(shown.output.strip().splitlines()) == 4
+    acked = runner.invoke(cli, ["alerts", "ack", sweep[:12], "--note", "red team exercise"])
+    assert acked.exit_code == 0 and acked.output.strip() == f"{sweep}: acknowledged"
+    closed = runner.invoke(cli, ["alerts", "close", sweep])
+    assert closed.exit_code == 0
+    assert db.incidents("closed")["note"].tolist() == ["red team exercise"]
+    assert "172.16.1.11 -> *" not in runner.invoke(cli, ["alerts", "list"]).output
+    assert "172.16.1.11 -> *" in runner.invoke(cli, ["alerts", "list", "--status", "closed"]).output
+    missing = runner.invoke(cli, ["alerts", "ack", "inc-nope"])
+    assert missing.exit_code != 0 and isinstance(missing.exception, StoreError)
+    assert "Acknowledge an incident" in runner.invoke(cli, ["alerts", "--help"]).output
