@@ -157,14 +157,24 @@ def collect(settings: Settings, sensor: str | None = None, *, progress: bool = F
     return CollectReport(results)
 
 
-def ingest_new(report: CollectReport, settings: Settings) -> dict[str, object]:
-    """Hand each sensor's newly collected files to ``store.ingest`` (what ``--ingest`` does)."""
+def ingest_new(report: CollectReport, settings: Settings, *, progress: bool = False) -> dict[str, object]:
+    """Hand each sensor's newly collected files to the store (what ``watchtower collect --ingest`` does).
+
+    Unreadable files are recorded in each ``IngestReport.errors`` rather than
+    stopping the other files and sensors (``errors="skip"``).
+
+    Returns
+    -------
+    dict
+        sensor name -> ``store.IngestReport``, for sensors that had new files.
+    """
     from . import store
 
     done: dict[str, object] = {}
     for result in report.sensors:
         if result.new_paths:
-            done[result.name] = store.ingest(result.new_paths, settings.store_dir, sensor=result.name)
+            done[result.name] = store.ingest(result.new_paths, settings.store_dir, sensor=result.name,
+                                             errors="skip", progress=progress)
     return done
 
 

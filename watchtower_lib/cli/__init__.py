@@ -17,6 +17,7 @@ from ..errors import WatchtowerError
 # command name -> "module:attribute" under watchtower_lib.cli
 _COMMANDS: dict[str, str] = {
     "ingest": "ingest:ingest",
+    "collect": "collect:collect",
     "show": "show:show",
     "demo": "demo:demo",
     "detect": "detect:detect",
