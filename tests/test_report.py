@@ -32,7 +32,8 @@ def read_labelled(path) -> pd.DataFrame:
 
 def _labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     label = df["label"].astype("string").str.lower()
-    detail = df["detailed-label"] if "detailed-label" in df else df["detail"]
+    name = next(c for c in ("detail", "detailed-label", "detailedlabel") if c in df.columns)
+    detail = df[name]
     return label, detail.astype("string")
 
 
