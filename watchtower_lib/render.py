@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "watchtower"
-#: CSS pixels of the printable width of an A4 landscape page with 12 mm margins (273 mm at 96 dpi);
-#: Chromium lays the page out at this width so responsive figures are drawn at their printed size.
-PRINT_WIDTH_PX = 1032
+#: CSS pixels of the printable width of an A4 portrait page with 8 mm margins (194 mm at 96 dpi);
+#: Chromium lays the page out at this width, so report.py's 720 px figures fit uncut.
+PRINT_WIDTH_PX = 733
 #: how long (virtual milliseconds) Chromium lets scripts run before printing, so plotly has drawn
 VIRTUAL_TIME_BUDGET_MS = 20000
 CHROMIUM_FLAGS = (
@@ -50,20 +50,16 @@ class ReportFiles:
     pdf: Path | None
 
 
-def offline_plotly(print_height: int = 420) -> None:
+def offline_plotly() -> None:
     """Make plotly figures in this kernel survive nbconvert and work offline.
 
-    Sets the ``notebook`` renderer (plotly.js inlined once, on the first figure; figures as HTML
-    that nbconvert keeps, unlike the default renderer's mimetype output under papermill) and a
-    default figure height that fits on a landscape A4 page. Call it once at the top of a notebook.
+    Sets the ``notebook`` renderer: plotly.js is inlined once (with the first figure) and each
+    figure is HTML that nbconvert keeps, unlike the default renderer's mimetype output under
+    papermill. Same as ``report.setup_notebook()``; for notebooks that show figures of their own.
     """
     import plotly.io as pio
 
     pio.renderers.default = "notebook"
-    pio.renderers["notebook"].config = {"displaylogo": False, "responsive": True}
-    template = pio.templates[pio.templates.default if pio.templates.default else "plotly"]
-    template.layout.height = template.layout.height or print_height
-    template.layout.margin = template.layout.margin or {"l": 60, "r": 30, "t": 50, "b": 50}
 
 
 def template_dir() -> Path:
@@ -142,7 +138,7 @@ def find_chromium() -> str:
 
 def html_to_pdf(html_path: str | Path, pdf_path: str | Path, *, chromium: str | None = None,
                 timeout: float = 240.0) -> Path:
-    """Print an HTML file to PDF with headless Chromium (A4 landscape, figures drawn first).
+    """Print an HTML file to PDF with headless Chromium (A4 portrait, figures drawn first).
 
     Raises
     ------

@@ -46,7 +46,7 @@ def report(ctx: click.Context, period: str | None, run_dir: Path | None, execute
     Takes the executed 07_weekly_report notebook of a run (`watchtower run`),
     exports it without code through the template in templates/ (figures stay
     interactive and work offline: plotly.js is inlined once), and prints that
-    HTML to an A4 landscape PDF with headless Chromium (apt-get install chromium).
+    HTML to an A4 PDF with headless Chromium (apt-get install chromium).
     """
     from ..errors import WatchtowerError
     from ..runner import RunRecord, run_phases
