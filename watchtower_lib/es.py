@@ -192,8 +192,9 @@ def index_logs(df: pd.DataFrame, log_type: str, *, es: Elasticsearch | None = No
     log_type : "conn", "dns", ... (Zeek's ``#path``).
     chunk_size : documents per bulk request.
     threads : bulk requests in flight at once.
-    bulk_load : turn refresh off during the load (default: for more than 50,000 rows);
-        the previous interval is restored afterwards.
+    bulk_load : turn refresh off and fsync the translog asynchronously during the load
+        (default: for more than 50,000 rows); the previous settings are restored afterwards,
+        even when the load fails.
     refresh : make the documents searchable before returning (tests, notebooks).
 
     Raises
@@ -331,7 +332,7 @@ def _bulk(es: Elasticsearch, actions: Iterator[dict[str, Any]], report: BulkRepo
                 with lock:
                     _count(report, ok, result)
 
-    previous = _set_refresh(es, report.indices, "-1") if bulk_load else None
+    previous = _set_index_settings(es, report.indices, BULK_LOAD_SETTINGS) if bulk_load else None
     try:
         with _guard(es, f"bulk-index into {', '.join(report.indices[:3])}"):
             if threads <= 1:
@@ -342,7 +343,7 @@ def _bulk(es: Elasticsearch, actions: Iterator[dict[str, Any]], report: BulkRepo
                         future.result()
     finally:
         if previous is not None:
-            _set_refresh(es, report.indices, previous)
+            _set_index_settings(es, report.indices, previous)
     if refresh:
         with _guard(es, "refresh"):
             es.indices.refresh(index=",".join(report.indices))
@@ -371,14 +372,19 @@ def _count(report: BulkReport, ok: bool, result: dict[str, Any]) -> None:
                                    "type": kind, "reason": reason, "cause": cause})
 
 
-def _set_refresh(es: Elasticsearch, indices: list[str], value: str) -> str:
-    """Set ``index.refresh_interval`` and return the previous value (to restore)."""
+BULK_LOAD_SETTINGS = {"refresh_interval": "-1", "translog.durability": "async"}
+
+
+def _set_index_settings(es: Elasticsearch, indices: list[str], values: dict[str, Any]) -> dict[str, Any]:
+    """Set index settings on ``indices``; return the previous values (None: unset) to restore."""
     target = ",".join(indices)
-    with _guard(es, "change the refresh interval"):
-        got = es.indices.get_settings(index=target, name="index.refresh_interval")
-        old = next(iter(got.values()), {}).get("settings", {}).get("index", {}).get("refresh_interval", "1s")
-        es.indices.put_settings(index=target, settings={"index": {"refresh_interval": value}})
-    return old
+    with _guard(es, "change index settings"):
+        got = es.indices.get_settings(index=target, flat_settings=True)
+        first: dict[str, Any] = next(iter(got.values()), {})
+        current = first.get("settings", {})
+        previous = {key: current.get(f"index.{key}") for key in values}
+        es.indices.put_settings(index=target, settings={f"index.{k}": v for k, v in values.items()})
+    return previous
 
 
 def index_pattern(index: str, prefix: str) -> str:
@@ -452,11 +458,11 @@ def search_df(index: str, query: dict[str, Any] | str | None = None, start: Any 
     pattern = index_pattern(index, prefix)
     with _guard(es, f"search {pattern}"):
         metas = _index_meta(es, pattern)
-        log_type = next((v.get("log_type") for v in metas.values() if v.get("log_type")), index)
+        log_type: str = next((str(v["log_type"]) for v in metas.values() if v.get("log_type")), index)
         meta = _merged_meta(metas)
         if not metas:
             return m.frame_from_sources([], log_type, meta, fields)
-        names = {name: m.reverse_names(v.get("log_type", log_type), v) for name, v in metas.items()}
+        names = {name: m.reverse_names(str(v.get("log_type") or log_type), v) for name, v in metas.items()}
         source: Any = True
         if fields is not None:
             source = [m.ecs_name(log_type, c) if log_type != "alerts"
