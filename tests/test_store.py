@@ -123,7 +123,7 @@ def dying(real):
 if where == "rename":
     os.replace = dying(os.replace)
 else:
-    pq.ParquetWriter.write_batch = dying(pq.ParquetWriter.write_batch)
+    pq.ParquetWriter.write_table = dying(pq.ParquetWriter.write_table)
 store.ingest(paths, target)
 """
 

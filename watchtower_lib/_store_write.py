@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +53,22 @@ class _OpenPart:
     rows: int = 0
     min_ts: int | None = None
     max_ts: int | None = None
+    pending: list[pa.RecordBatch] = field(default_factory=list)  # rows not yet in a row group
+    pending_rows: int = 0
+
+    def flush(self) -> None:
+        """Write the buffered rows as one row group (few large groups compress and scan better)."""
+        if self.pending:
+            self.writer.write_table(pa.Table.from_batches(self.pending, schema=self.schema))
+            self.pending, self.pending_rows = [], 0
 
 
 class PartWriter:
     """Streams one source file's batches into ``<log_type>/date=<day>/.<sha256>-<n>.parquet.tmp``."""
 
-    MAX_OPEN = 16
+    MAX_OPEN = 16  # days written at once; a file spanning more days gets more parts
+    ROW_GROUP_ROWS = 131_072  # rows buffered per day before they become a row group
+    MAX_PENDING_ROWS = 262_144  # rows buffered over all days: bounds memory whatever the file
 
     def __init__(self, store: Path, log_type: str, sha256: str, sensor: str) -> None:
         self.store = store
@@ -71,6 +81,7 @@ class PartWriter:
         self._closed: list[_OpenPart] = []
         self._renamed: list[Path] = []
         self._n = 0
+        self._pending = 0
         self._remove_stale_parts()
 
     def _remove_stale_parts(self) -> None:
@@ -95,8 +106,14 @@ class PartWriter:
         if part is None:
             part = self._new_part(day, rows.schema)
         self._open[day] = part  # most recently used last
-        part.writer.write_batch(rows)
+        part.pending.append(rows)
+        part.pending_rows += rows.num_rows
+        self._pending += rows.num_rows
         part.rows += rows.num_rows
+        if part.pending_rows >= self.ROW_GROUP_ROWS:
+            self._flush(part)
+        while self._pending > self.MAX_PENDING_ROWS:
+            self._flush(max(self._open.values(), key=lambda p: p.pending_rows))
         if lo is not None and hi is not None:
             part.min_ts = lo if part.min_ts is None else min(part.min_ts, lo)
             part.max_ts = hi if part.max_ts is None else max(part.max_ts, hi)
@@ -114,7 +131,12 @@ class PartWriter:
         writer = pq.ParquetWriter(tmp, schema, compression="zstd")
         return _OpenPart(day, n, tmp, final, writer, schema)
 
+    def _flush(self, part: _OpenPart) -> None:
+        self._pending -= part.pending_rows
+        part.flush()
+
     def _close(self, part: _OpenPart) -> None:
+        self._flush(part)
         part.writer.close()
         _fsync(part.tmp)
         self._closed.append(part)
