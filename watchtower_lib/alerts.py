@@ -117,6 +117,7 @@ def detect(
 def severity(kind: str, score: Any, threshold: float = 0.5) -> np.ndarray:
     """The documented severity rule (see the module docstring), vectorised over ``score``."""
     score = np.asarray(score, dtype=float)
+    names: tuple[str, ...]
     if kind == "known":
         cuts, names = [0.60, 0.80, 0.95], SEVERITIES
     elif kind == "unknown":

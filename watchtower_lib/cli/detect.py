@@ -1,7 +1,6 @@
 """``watchtower detect``: score stored connections, store alerts and incidents, notify, index."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -80,25 +79,15 @@ def detect(ctx: click.Context, start: str | None, end: str | None, send: bool | 
 
 
 def _latest(models: Any, models_dir: Path, kind: str) -> Any:
-    """The newest model of ``kind`` as ``(model, card)``, or None when none was trained yet."""
-    from ..errors import ModelError
-
-    try:
-        found = models.latest(models_dir, kind)
-    except (ModelError, FileNotFoundError) as exc:
-        log.info("no %s model: %s", kind, exc)
+    """The newest model of ``kind`` as ``(pipeline, card)``, or None when none was trained yet."""
+    path = models.latest(models_dir, kind)
+    if path is None:
+        log.info("no %s model under %s", kind, models_dir)
         return None
-    if found is None:
-        return None
-    if isinstance(found, (str, Path)):
-        path = Path(found)
-        loaded = models.load(path)
-        if isinstance(loaded, tuple):
-            return loaded
-        card_file = next((p for p in (path / "card.json", path.parent / "card.json") if p.is_file()), None)
-        card = json.loads(card_file.read_text()) if card_file else getattr(loaded, "card_", {})
-        return loaded, card
-    return found
+    model = models.load(path)  # ModelError when unsafe, stale or changed: better stop than score wrongly
+    card = models.read_card(path)
+    log.info("%s model %s (threshold %s)", kind, card.get("version"), card.get("threshold"))
+    return model, card
 
 
 def _index_pending(db: Any, settings: Any) -> None:
