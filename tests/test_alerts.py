@@ -196,6 +196,11 @@ def test_either_model_may_be_missing(trained, scan):
     assert nothing.empty and list(nothing.columns) == alerts.ALERT_COLUMNS
     with pytest.raises(ModelError, match="threshold"):
         alerts.detect(scan, None, (uns[0], {"version": "no-threshold"}))
+    strict = alerts.detect(scan, (sup[0], {"version": "calibrated", "threshold": 0.9}), None,
+                           supervised_threshold=None)  # the card's calibrated threshold
+    assert (strict["score"] >= 0.9).all()
+    with pytest.raises(ModelError, match="threshold"):
+        alerts.detect(scan, sup, None, supervised_threshold=None)
     everything = alerts.detect(scan.head(200), None, uns, anomaly_threshold=0.0)
     assert len(everything) == 200
 

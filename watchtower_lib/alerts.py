@@ -53,7 +53,7 @@ def detect(
     supervised: Any,
     unsupervised: Any,
     *,
-    supervised_threshold: float = 0.5,
+    supervised_threshold: float | None = 0.5,
     anomaly_threshold: float | None = None,
     sensor_column: str = "_sensor",
     explain_top: int = 3,
@@ -66,7 +66,9 @@ def detect(
     supervised, unsupervised : fitted pipelines from ``models`` (or ``(model, card)``
         pairs, or models carrying a ``card_`` dict). Either may be None: then only
         the other kind of alert is produced. The card's ``version`` goes into the id.
-    supervised_threshold : probability of malicious from which the forest alerts.
+    supervised_threshold : probability of malicious from which the forest alerts; None takes
+        the supervised card's ``threshold`` (``models.train_supervised`` calibrates it to a 1%
+        false-positive rate on held-out captures).
     anomaly_threshold : anomaly score (0..1) from which the isolation forest alerts;
         None takes the calibrated ``threshold`` of the unsupervised model card.
     sensor_column : column naming the sensor, if present (else ``sensor`` is NA).
@@ -81,7 +83,7 @@ def detect(
     Raises
     ------
     ModelError
-        ``anomaly_threshold`` is None and the unsupervised card has no threshold.
+        A threshold is None and the model's card has none.
     """
     from . import models  # deferred: scikit-learn loads only when detecting
 
@@ -89,6 +91,11 @@ def detect(
     uns, uns_card = _unwrap(unsupervised)
     frames = []
     if sup is not None and len(conn_df):
+        if supervised_threshold is None:
+            supervised_threshold = sup_card.get("threshold")
+            if supervised_threshold is None:
+                raise ModelError("the supervised model card has no 'threshold'; pass supervised_threshold=")
+        supervised_threshold = float(supervised_threshold)
         proba = np.asarray(sup.predict_proba(conn_df))[:, 1]
         rows = np.flatnonzero(proba >= supervised_threshold)
         family = _family(models, sup, conn_df, rows)
