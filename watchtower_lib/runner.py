@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -71,13 +72,13 @@ def _jsonable(value: Any) -> Any:
         return str(value)
     if hasattr(value, "isoformat"):  # pandas Timestamp
         return value.isoformat()
+    if hasattr(value, "to_dict"):  # a small Series or DataFrame
+        return _jsonable(value.to_dict())
     if hasattr(value, "item"):  # numpy / pandas scalar
         try:
             return _jsonable(value.item())
         except (ValueError, TypeError):
             pass
-    if hasattr(value, "to_dict"):  # a small Series or DataFrame
-        return _jsonable(value.to_dict())
     try:
         import pandas as pd
 
@@ -249,8 +250,12 @@ def _new_run_id(job: str | None) -> str:
     return f"{stamp}-{job + '-' if job else ''}{secrets.token_hex(3)}"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ARROW = re.compile(r"^-+>\s*(\d+)\s?(.*)$")
+
+
 def _failing_cell(notebook: Path) -> str:
-    """The first line of the cell whose output is the error, to show in the message."""
+    """``line N: <code>`` of the failing cell (from the traceback's arrow), to show in the message."""
     if not notebook.is_file():
         return ""
     try:
@@ -260,7 +265,14 @@ def _failing_cell(notebook: Path) -> str:
     except (OSError, ValueError):
         return ""
     for cell in cells:
-        if any(out.get("output_type") == "error" for out in cell.get("outputs", ())):
+        for out in cell.get("outputs", ()):
+            if out.get("output_type") != "error":
+                continue
+            for line in (_ANSI.sub("", "\n".join(out.get("traceback", ()))).splitlines()):
+                match = _ARROW.match(line.strip())
+                if match:  # the first arrow points into the cell itself
+                    code = match[2].strip()
+                    return f"line {match[1]}: {code if len(code) <= 80 else code[:77] + '...'}"
             first = next((line for line in cell.source.splitlines() if line.strip()), "")
             return first if len(first) <= 80 else first[:77] + "..."
     return ""
@@ -356,7 +368,7 @@ def run_phases(settings: Settings, phases: str | list[int] = "1-7", start: str |
             phase.seconds = round(time.monotonic() - began, 3)
             where = _failing_cell(Path(phase.notebook))
             message = (f"phase {phase.name} failed in cell {exc.cell_index} (In [{exc.exec_count}]"
-                       f"{f': {where}' if where else ''}): {exc.ename}: {exc.evalue}\n"
+                       f"{f', {where}' if where else ''}): {exc.ename}: {exc.evalue}\n"
                        f"  executed notebook (traceback in that cell): {phase.notebook}")
             _fail(record, phase, message, exc.cell_index)
             if progress:

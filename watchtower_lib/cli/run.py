@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -27,13 +28,15 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, object]:
 @click.option("--start", metavar="ISO", default=None, help="Start of the period (inclusive), e.g. 2026-11-23.")
 @click.option("--end", metavar="ISO", default=None, help="End of the period (exclusive).")
 @click.option("-p", "--parameter", "params", nargs=2, multiple=True, metavar="NAME VALUE",
-              help="Extra notebook parameter, e.g. -p labelled_path data/labelled (repeatable).")
+              help="Extra notebook parameter, read as YAML: -p max_rows 10000, -p labelled_paths '[a.labeled, b.labeled]' (repeatable).")
 @click.option("--report/--no-report", default=True, show_default=True,
               help="After phase 7, render the HTML and PDF report (as `watchtower report`).")
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="With --report, also print the PDF.")
+@click.option("--notebooks", "notebooks", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=None, help="Folder of your own NN_name.ipynb phase notebooks (default: the shipped notebooks/).")
 @click.pass_context
 def run(ctx: click.Context, phases: str, week: str | None, start: str | None, end: str | None,
-        params: tuple[tuple[str, str], ...], report: bool, pdf: bool) -> None:
+        params: tuple[tuple[str, str], ...], report: bool, pdf: bool, notebooks: Path | None) -> None:
     """Run the pipeline's notebooks, in order, into runs/<run-id>/.
 
     Each phase is a notebook under notebooks/ executed with papermill
@@ -65,7 +68,7 @@ def run(ctx: click.Context, phases: str, week: str | None, start: str | None, en
 
     try:
         record = run_phases(settings, phases, start, end, week=week, parameters=parse_params(flat),
-                            progress=progress, progress_bar=sys.stderr.isatty())
+                            progress=progress, progress_bar=sys.stderr.isatty(), notebooks=notebooks)
     except PhaseError as exc:
         click.echo(f"error: {exc}", err=True)
         ctx.exit(1)
