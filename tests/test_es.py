@@ -288,3 +288,23 @@ def test_cli_install_templates_and_index(settings, shared_data, monkeypatch):
     client = es.client(settings)
     client.indices.refresh(index=f"{settings.elasticsearch.index_prefix}-*")
     assert client.count(index=es.index_pattern("conn", settings.elasticsearch.index_prefix))["count"] == 5663
+
+
+def test_sync_store_catches_up_without_duplicates(settings, shared_data, tmp_path):
+    from watchtower_lib import es, store
+
+    store.ingest([shared_data / CONN_40, shared_data / f"{SDT}/008-ctu-normal-40-day1/weird.log.labeled"],
+                 tmp_path / "store")
+    stored = store.load(tmp_path / "store", "conn")
+    first = es.sync_store(tmp_path / "store", settings=settings)
+    assert set(first) >= {"conn", "weird"}
+    assert first["conn"].created == len(stored) and first["conn"].failed == 0
+    # a later run (say, after the node was down) sends everything again: nothing is added
+    again = es.sync_store(tmp_path / "store", settings=settings)
+    assert again["conn"].created == 0 and again["conn"].existing == len(stored)
+    client = es.client(settings)
+    client.indices.refresh(index=f"{settings.elasticsearch.index_prefix}-*")
+    assert client.count(index=es.index_pattern("conn", settings.elasticsearch.index_prefix))["count"] == len(stored)
+    # and the window form sends only that window
+    part = es.sync_store(tmp_path / "store", start="2022-06-13", log_types=["conn"], settings=settings)
+    assert part["conn"].total == int((stored["ts"] >= pd.Timestamp("2022-06-13", tz="UTC")).sum()) > 0

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -254,6 +255,36 @@ def index_alerts(alerts: pd.DataFrame, *, es: Elasticsearch | None = None,
                  max_retries=_max_retries(es, settings), bulk_load=False, refresh=refresh)
 
 
+def sync_store(store_dir: str | Path | None = None, *, start: Any = None, end: Any = None,
+               log_types: Iterable[str] | None = None, es: Elasticsearch | None = None,
+               settings: Settings | None = None, threads: int = 2) -> dict[str, BulkReport]:
+    """Copy the Parquet store (all of it, or ``start <= ts < end``) into Elasticsearch.
+
+    How a run catches up after Elasticsearch was down: the store has every row,
+    the ids are deterministic, so rows already indexed come back as ``existing``
+    and only the missing ones are created. Phase 2 can call this after
+    ``store.ingest`` instead of indexing files directly, so both paths agree on ids.
+
+    Returns
+    -------
+    dict log type -> BulkReport.
+    """
+    from . import store
+
+    if settings is None:
+        from .config import load
+
+        settings = load()
+    es, _ = _resolve(es, settings)
+    store_dir = settings.store_dir if store_dir is None else store_dir
+    wanted = store.log_types(store_dir) if log_types is None else list(log_types)
+    reports = {}
+    for log_type in wanted:
+        df = store.load(store_dir, log_type, start, end)
+        reports[log_type] = index_logs(df, log_type, es=es, settings=settings, threads=threads)
+    return reports
+
+
 def _max_retries(es: Elasticsearch, settings: Settings | None) -> int:
     return settings.elasticsearch.max_retries if settings is not None else 3
 
@@ -289,15 +320,23 @@ def _prepare_indices(es: Elasticsearch, indices: list[str], log_type: str,
 
 def _actions(log_type: str, names: list[str], values: list[list[Any]], indices: list[str],
              constants: dict[str, Any], ids: list[Any] | None = None) -> Iterator[dict[str, Any]]:
-    """Bulk ``create`` actions with deterministic ids (hash of log type + row values)."""
+    """Bulk ``create`` actions with deterministic ids.
+
+    The id hashes the log type and the row's *set* values in field-name order, so
+    it does not change when a frame gains an all-unset column (the store's schema
+    union grows) or lists its columns in another order.
+    """
     salt = f"{log_type}\x1f".encode()
+    order = sorted(range(len(names)), key=names.__getitem__)
+    names = [names[k] for k in order]
+    values = [values[k] for k in order]
     for i, row in enumerate(zip(*values)):
         doc = {name: v for name, v in zip(names, row) if v is not None}
-        doc.update(constants)
         if ids is not None and ids[i] is not None:
             _id = str(ids[i])
         else:
-            _id = hashlib.blake2b(salt + repr(row).encode(), digest_size=15).hexdigest()
+            _id = hashlib.blake2b(salt + repr(tuple(doc.items())).encode(), digest_size=15).hexdigest()
+        doc.update(constants)
         yield {"_op_type": "create", "_index": indices[i], "_id": _id, "_source": doc}
 
 
@@ -554,5 +593,5 @@ def weekly_host_stats(start: Any = None, end: Any = None, *, index: str = "conn"
 
 
 __all__ = ["BulkReport", "client", "index_alerts", "index_logs", "index_pattern", "install_templates",
-           "ping", "search_df", "url_of", "weekly_host_stats"]
+           "ping", "search_df", "sync_store", "url_of", "weekly_host_stats"]
 

@@ -73,3 +73,25 @@ def index(ctx: click.Context, paths: tuple[Path, ...], log_type: str | None, thr
             click.echo(f"  rejected {sample['_id']}: {sample['type']}: {sample['reason']}", err=True)
     if rejected:
         ctx.exit(1)
+
+
+@es.command("sync")
+@click.option("--start", default=None, help="Only rows with ts >= START (ISO date/time, UTC).")
+@click.option("--end", default=None, help="Only rows with ts < END (ISO date/time, UTC).")
+@click.option("--log-type", "log_types", multiple=True, help="Only these log types (repeatable). Default: all.")
+@click.pass_context
+def sync(ctx: click.Context, start: str | None, end: str | None, log_types: tuple[str, ...]) -> None:
+    """Copy the Parquet store into Elasticsearch; rows already there are skipped.
+
+    Run it after Elasticsearch was down to catch up: nothing the store has is lost.
+    """
+    from .. import es as wes
+
+    settings = settings_from(ctx)
+    wes.install_templates(settings=settings)
+    reports = wes.sync_store(start=start, end=end, log_types=log_types or None, settings=settings)
+    for log_type, report in reports.items():
+        click.echo(f"{log_type}: {report.created} new, {report.existing} already indexed, "
+                   f"{report.failed} rejected")
+    if any(r.failed for r in reports.values()):
+        ctx.exit(1)
