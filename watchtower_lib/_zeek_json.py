@@ -47,7 +47,8 @@ class JsonBatch:
     dropped: list[tuple[int, str]] = field(default_factory=list)
 
 
-def iter_rows(chunks: Iterable[bytes], path: str, errors: str, batch_rows: int) -> Iterator[JsonBatch]:
+def iter_rows(chunks: Iterable[tuple[bytes | bytearray, int]], path: str, errors: str,
+              batch_rows: int) -> Iterator[JsonBatch]:
     """Decode JSON objects line by line, in batches of ``batch_rows`` rows."""
     batch = JsonBatch()
     line_no = 0
@@ -84,8 +85,9 @@ def iter_rows(chunks: Iterable[bytes], path: str, errors: str, batch_rows: int) 
         yield batch
 
 
-def _with_eof(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
-    yield from chunks
+def _with_eof(chunks: Iterable[tuple[bytes | bytearray, int]]) -> Iterator[bytes | None]:
+    for buf, n in chunks:
+        yield bytes(buf[:n])
     yield None
 
 

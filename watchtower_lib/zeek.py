@@ -71,19 +71,43 @@ class _Source:
         self.errors = errors
         self.damaged: str | None = None
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Iterator[tuple[bytes | bytearray, int]]:
+        """``(buffer, n)`` pairs: ``buffer[:n]`` is the next piece of the file, ending at a
+        line break (except at EOF). A plain file reuses one buffer, so read each piece
+        before asking for the next (fresh 16 MB buffers cost page faults on every chunk)."""
         try:
             f = open(self.path, "rb")
         except OSError as exc:
             raise ZeekParseError(self.path, f"cannot open the file ({exc.strerror or exc})") from None
         with f:
-            if f.read(2) == _GZIP_MAGIC:
-                f.seek(0)
-                yield from self._gunzip(f)
-                return
+            gz = f.read(2) == _GZIP_MAGIC
             f.seek(0)
-            while chunk := f.read(CHUNK_BYTES):
-                yield chunk
+            if gz:
+                for data in self._gunzip(f):
+                    yield data, len(data)
+            else:
+                yield from self._plain(f)
+
+    @staticmethod
+    def _plain(f: Any) -> Iterator[tuple[bytearray, int]]:
+        buf = bytearray(CHUNK_BYTES)
+        carry = b""
+        while True:
+            if len(buf) < len(carry) + CHUNK_BYTES // 2:  # a very long line: grow
+                buf = bytearray(len(carry) + CHUNK_BYTES)
+            buf[: len(carry)] = carry
+            n = f.readinto(memoryview(buf)[len(carry):])
+            end = len(carry) + n
+            if n == 0:
+                if carry:
+                    yield buf, end
+                return
+            cut = buf.rfind(b"\n", 0, end) + 1
+            if cut == 0:  # no line break yet: keep reading
+                carry = bytes(buf[:end])
+                continue
+            carry = bytes(buf[cut:end])
+            yield buf, cut
 
     def _gunzip(self, f: Any) -> Iterator[bytes]:
         d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -95,7 +119,7 @@ class _Source:
             comp = f.read(1 << 20)
             try:
                 if not comp:
-                    if not d.eof and (total or d.unconsumed_tail or carry or size):
+                    if not d.eof and (total or size or carry or d.unconsumed_tail):
                         raise zlib.error("compressed stream ends before its end marker")
                     break
                 out = [d.decompress(comp)]
@@ -105,18 +129,18 @@ class _Source:
                     out.append(d.decompress(rest))
             except zlib.error as exc:
                 self._damage(f"gzip data is truncated or corrupt after {total + size} decompressed bytes ({exc})")
-                if pending:  # keep only complete lines before the damage
-                    data = carry + b"".join(pending)
+                data = carry + b"".join(pending)
+                if data.rfind(b"\n") >= 0:  # keep only complete lines before the damage
                     yield data[: data.rfind(b"\n") + 1]
                 return
-            for piece in out:
-                pending.append(piece)
-                size += len(piece)
+            pending += out
+            size += sum(map(len, out))
             if size >= CHUNK_BYTES:
                 data = carry + b"".join(pending)
                 cut = data.rfind(b"\n") + 1
-                carry, pending, total, size = data[cut:], [], total + size, 0
-                yield data[:cut]
+                if cut:
+                    carry, pending, total, size = data[cut:], [], total + size, 0
+                    yield data[:cut]
         tail = carry + b"".join(pending)
         if tail:
             yield tail
@@ -149,19 +173,20 @@ def _sniff(first: bytes, path: str) -> str:
         expected="Zeek TSV with its #fields/#types header, or Zeek JSON lines")
 
 
-def _peek(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
-    """First chunk(s) up to a non-comment line, and an iterator that replays them."""
-    seen: list[bytes] = []
-    for chunk in chunks:
-        seen.append(chunk)
-        if re.search(rb"(^|\n)[ \t\r]*[^#\s]", b"".join(seen)) or len(seen) > 4:
-            break
+Chunks = Iterator[tuple[bytes | bytearray, int]]
 
-    def replay() -> Iterator[bytes]:
-        yield from seen
+
+def _peek(chunks: Chunks) -> tuple[bytes, Chunks]:
+    """The first MB of the stream (a copy), and an iterator replaying the first chunk."""
+    first = next(chunks, None)
+    head = b"" if first is None else bytes(first[0][: min(first[1], 1 << 20)])
+
+    def replay() -> Chunks:
+        if first is not None:
+            yield first
         yield from chunks
 
-    return b"".join(seen)[: 1 << 20], replay()
+    return head, replay()
 
 
 def _name_type(path: str) -> str | None:
@@ -236,6 +261,7 @@ def read_arrow(path: PathLike, *, errors: str = "raise") -> pa.Table:
             if not blocks or blocks[-1] is not seg.block:
                 blocks.append(seg.block)
             result = _zeek_tsv.parse_segment(seg, source.path, errors)
+            seg.lines = result.lines
             parts.append(result.table)
             skipped += result.skipped
         schema = _zeek_tsv.unify(source.path, blocks)
@@ -294,6 +320,7 @@ def iter_batches(path: PathLike, *, batch_rows: int = 65_536, errors: str = "rai
         schema, ltype = _scan_schema(path, errors)
         for seg in _zeek_tsv.iter_segments(chunks, source.path):
             result = _zeek_tsv.parse_segment(seg, source.path, errors)
+            seg.lines = result.lines
             skipped += result.skipped
             rows += result.table.num_rows
             table = _finish(_concat([result.table], schema), fmt, ltype, 0)
@@ -313,47 +340,93 @@ def _scan_schema(path: PathLike, errors: str) -> tuple[pa.Schema, str | None]:
 
 
 # ------------------------------------------------------------------ pandas
-def _pandas_dtypes() -> dict[pa.DataType, Any]:
+def _masked(col: pa.ChunkedArray) -> Any:
+    """Arrow numeric/bool column -> pandas masked array with a single copy.
+
+    The chunks are copied straight into one numpy array (no combine_chunks, no
+    fill_null temporaries in Arrow's pool, which fragment it). Doubles are built here
+    too because pyarrow's own mapping would turn NaN into NA, and Zeek's ``nan`` is
+    a value, not a missing one.
+    """
+    import numpy as np
     import pandas as pd
 
-    return {
-        pa.uint64(): pd.UInt64Dtype(), pa.int64(): pd.Int64Dtype(), pa.uint16(): pd.UInt16Dtype(),
-        pa.bool_(): pd.BooleanDtype(), pa.string(): pd.StringDtype("pyarrow"),
-        pa.large_string(): pd.StringDtype("pyarrow"),
-    }
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    is_bool = pa.types.is_boolean(col.type)
+    dtype = np.dtype(bool) if is_bool else np.dtype(col.type.to_pandas_dtype())
+    values = np.empty(len(col), dtype)
+    mask = np.zeros(len(col), bool)
+    pos = 0
+    for chunk in chunks:
+        n = len(chunk)
+        if chunk.null_count:
+            mask[pos:pos + n] = chunk.is_null().to_numpy(zero_copy_only=False)
+            chunk = chunk.fill_null(False if is_bool else 0)
+        values[pos:pos + n] = chunk.to_numpy(zero_copy_only=False)
+        pos += n
+    if is_bool:
+        return pd.arrays.BooleanArray(values, mask, copy=False)
+    cls = pd.arrays.FloatingArray if pa.types.is_floating(col.type) else pd.arrays.IntegerArray
+    return cls(values, mask, copy=False)
+
+
+def _consume_to_pandas(holder: list[pa.Table]) -> pd.DataFrame:
+    """Table -> DataFrame, dropping each Arrow column once converted.
+
+    ``holder`` is a one-item list so that no caller frame keeps the table alive:
+    converted columns are freed as we go, which keeps peak memory near one copy.
+    """
+    import pandas as pd
+
+    table = holder.pop()
+    meta = table.schema.metadata or {}
+    zeek_types = {f.name: zeek_type_of(f) for f in table.schema}
+    order = table.column_names
+    text = pd.StringDtype("pyarrow")
+
+    def mapper(t: pa.DataType) -> Any:
+        if pa.types.is_list(t):
+            return pd.ArrowDtype(t)
+        if pa.types.is_large_string(t) or pa.types.is_string(t):
+            return text
+        return None
+
+    columns: dict[str, Any] = {}
+    pools = {id(p): p for p in (pa.default_memory_pool(), _zeek_tsv._pool())}.values()
+
+    def release() -> None:
+        for p in pools:
+            p.release_unused()
+
+    release()
+    for f in table.schema:
+        if pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type):
+            columns[f.name] = _masked(table[f.name])
+            table = table.drop_columns([f.name])
+            release()  # the Arrow copy is freed: return it before the next one
+    rest = table.to_pandas(types_mapper=mapper, self_destruct=True, split_blocks=True)
+    del table
+    index = rest.index
+    for name in rest.columns:
+        columns[name] = rest[name]
+    df = pd.DataFrame({name: columns[name] for name in order}, index=index, copy=False)
+    release()
+    df.attrs["skipped_rows"] = int(meta.get(b"skipped_rows", b"0"))
+    df.attrs["log_type"] = meta.get(b"zeek_path", b"").decode() or None
+    df.attrs["zeek_format"] = meta.get(b"zeek_format", b"").decode() or None
+    df.attrs["zeek_types"] = zeek_types
+    return df
 
 
 def to_pandas(table: pa.Table) -> pd.DataFrame:
     """Arrow table from :func:`read_arrow` -> DataFrame with the documented dtypes.
 
-    Doubles are built as ``Float64`` by hand because pyarrow's mapping would turn
-    NaN into NA, and Zeek's ``nan`` is a value, not a missing one.
+    Text columns are zero-copy (large_string backs pandas' pyarrow string dtype),
+    lists stay Arrow-backed, numbers and bools become pandas masked arrays over the
+    Arrow buffers. ``df.attrs`` gets ``skipped_rows``, ``log_type``, ``zeek_format``
+    and ``zeek_types``.
     """
-    import numpy as np
-    import pandas as pd
-
-    mapping = _pandas_dtypes()
-
-    def mapper(t: pa.DataType) -> Any:
-        if pa.types.is_list(t):
-            return pd.ArrowDtype(t)
-        return mapping.get(t)
-
-    floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
-    rest = table.drop_columns(floats) if floats else table
-    df = rest.to_pandas(types_mapper=mapper, self_destruct=False, split_blocks=True)
-    for name in floats:
-        col = table[name]
-        values = col.fill_null(0.0).to_numpy() if col.num_chunks else np.array([], "float64")
-        mask = col.is_null().to_numpy(zero_copy_only=False) if col.num_chunks else np.array([], bool)
-        df[name] = pd.arrays.FloatingArray(np.asarray(values, "float64"), np.asarray(mask, bool))
-    df = df[table.column_names] if floats else df
-    meta = table.schema.metadata or {}
-    df.attrs["skipped_rows"] = int(meta.get(b"skipped_rows", b"0"))
-    df.attrs["log_type"] = meta.get(b"zeek_path", b"").decode() or None
-    df.attrs["zeek_format"] = meta.get(b"zeek_format", b"").decode() or None
-    df.attrs["zeek_types"] = {f.name: zeek_type_of(f) for f in table.schema}
-    return df
+    return _consume_to_pandas([table])
 
 
 def read_log(path: PathLike, *, errors: str = "raise") -> pd.DataFrame:
@@ -377,7 +450,8 @@ def read_log(path: PathLike, *, errors: str = "raise") -> pd.DataFrame:
     ZeekSchemaConflict
         Two header blocks give one column different types.
     """
-    return to_pandas(read_arrow(path, errors=errors))
+    holder = [read_arrow(path, errors=errors)]
+    return _consume_to_pandas(holder)
 
 
 # ------------------------------------------------------------------ helpers
