@@ -198,7 +198,7 @@ def _split_by_day(batch: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch, int 
     ns = ts.fill_null(_NO_TS).to_numpy(zero_copy_only=False)
     known = ns != _NO_TS
     days = np.where(known, ns // _DAY_NS, _NO_TS)
-    out = []
+    out: list[tuple[str, pa.RecordBatch, int | None, int | None]] = []
     for day in np.unique(days):
         mask = days == day
         rows = batch if mask.all() else batch.filter(pa.array(mask))

@@ -112,11 +112,13 @@ def ingest(
             for path in files:
                 try:
                     _ingest_file(path, store, manifest, sensor_name, errors, report, bar)
-                except WatchtowerError as exc:
+                except (WatchtowerError, pa.ArrowException) as exc:
+                    error = exc if isinstance(exc, WatchtowerError) else StoreError(
+                        f"{path}: cannot store its rows as Parquet ({exc})")
                     if errors == "raise":
-                        raise
-                    report.errors[str(path)] = str(exc)
-                    log.warning("skipped %s: %s", path, exc)
+                        raise error from (None if error is exc else exc)
+                    report.errors[str(path)] = str(error)
+                    log.warning("skipped %s: %s", path, error)
                 if bar is not None:
                     bar.update(1)
     except OSError as exc:

@@ -1,8 +1,8 @@
 """``watchtower show``: what the reader makes of one file (format, log type, schema, first rows).
 
 Why: before ingesting a log from a new sensor, an analyst wants to see that
-the columns and types come out right; this reads only the first batch, so it
-answers at once even on a multi-GB log.
+the columns and types come out right; this parses only the first rows (the
+reader still scans a TSV file's headers once: 2.3 s for a 224 MB conn.log).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def show(file: Path, n_rows: int) -> None:
     """Show how Watch Tower reads one Zeek log: detected format, log type,
     each column with its Zeek type and pandas dtype, and the first rows.
 
-    Reads only the start of the file. A file that is not a Zeek log gives
-    one line saying why, and exit status 2.
+    Parses only the first rows. A file that is not a Zeek log gives one line
+    saying why, and exit status 2.
     """
     import pandas as pd
 
@@ -30,7 +30,9 @@ def show(file: Path, n_rows: int) -> None:
 
     batches = zeek.iter_batches(file, batch_rows=max(n_rows, 1))
     first = next(batches, None)
-    batches.close()
+    close = getattr(batches, "close", None)  # a generator: stop reading the rest of the file
+    if close is not None:
+        close()
     if first is None:  # header only: the whole file is tiny, read it for its columns
         table = zeek.read_arrow(file)
     else:
