@@ -298,9 +298,10 @@ def crontab(settings: Settings) -> str:
         on_calendar(job.cron)  # validates the fields
         logfile = Path(settings.runs_dir) / f"schedule-{job.name}.log"
         command = " ".join(shlex.quote(p) for p in _command(settings, job))
+        line = (f"cd {shlex.quote(str(_workdir(settings)))} && mkdir -p {shlex.quote(str(settings.runs_dir))} && "
+                f"{command} >> {shlex.quote(str(logfile))} 2>&1")
         lines.append(f"# {job.name}: phases {job.phases}")
-        lines.append(f"{job.cron} cd {shlex.quote(str(_workdir(settings)))} && {command} "
-                     f">> {shlex.quote(str(logfile))} 2>&1")
+        lines.append(f"{job.cron} {line.replace('%', chr(92) + '%')}")  # cron turns a bare % into a newline
     return "\n".join(lines) + "\n"
 
 
