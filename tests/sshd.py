@@ -82,6 +82,9 @@ class SshServer:
             "Subsystem sftp internal-sftp",
             "MaxSessions 32",
             "MaxStartups 50",
+            # sessions get the temp folder as HOME, so the login shell reads no rc files of the
+            # machine running the tests (like a clean sensor; a root ~/.bashrc here can hang on pyenv)
+            f"SetEnv HOME={self.workdir}",
             "LogLevel INFO",
             "",
         ]))

@@ -145,6 +145,9 @@ def list_matching(source, patterns: Sequence[str]) -> Listing:
                                                     "patterns must be relative to remote_dir"))
             continue
         _walk(source, source.root, (), segments, root_real, listing, seen)
+    # two patterns can meet the same bad entry (`*.log` and `*/*.log` both look at a link): report it once
+    listing.refused = list(dict.fromkeys(listing.refused))
+    listing.errors = list(dict.fromkeys(listing.errors))
     return listing
 
 

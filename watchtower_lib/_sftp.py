@@ -235,7 +235,9 @@ class SftpSource:
             script.append(f"printf '%s ' {i}; head -c {rf.size} -- {shlex.quote(rf.path)} 2>/dev/null | sha256sum")
         try:
             channel = self.transport.open_session(timeout=self.sensor.connect_timeout)
-            channel.settimeout(self.sensor.transfer_timeout)
+            # a login shell that hangs in its rc files must not hold the transfers up for long
+            channel.settimeout(self.sensor.connect_timeout if self.sha256_available is None
+                               else self.sensor.transfer_timeout)
             channel.exec_command("sh -s")
             channel.sendall(("\n".join(script) + "\n").encode("utf-8", "surrogateescape"))
             channel.shutdown_write()
@@ -252,7 +254,12 @@ class SftpSource:
             while state["open"] and i not in digests:
                 try:
                     line = stream.readline()
-                except (socket.timeout, OSError, EOFError):
+                except (socket.timeout, OSError, EOFError) as exc:
+                    if self.sha256_available is None:
+                        log.warning("sensor %s: the sensor's shell did not answer within %.0fs (%s); files are "
+                                    "checked by size only", self.sensor.name, self.sensor.connect_timeout,
+                                    type(exc).__name__)
+                        self.sha256_available = False
                     line = b""
                 if not line:
                     state["open"] = False
@@ -267,6 +274,7 @@ class SftpSource:
                     break
                 if text == "WT-SHA256-OK":
                     self.sha256_available = True
+                    channel.settimeout(self.sensor.transfer_timeout)
                     continue
                 parts = text.split()
                 if len(parts) >= 2 and parts[0].isdigit() and _HEX64.match(parts[1]):

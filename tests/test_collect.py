@@ -1,0 +1,476 @@
+"""Collection (phase 1) against a real OpenSSH server on 127.0.0.1, with real Zeek logs.
+
+The server is ``/usr/sbin/sshd`` with a private config (see ``tests/sshd.py``);
+the remote files are copies of the shared corpus. Nothing here is mocked: the
+cut connection is a SIGKILL of the real sshd session, the unreadable file is a
+real EACCES from the real SFTP server.
+"""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import require
+from sshd import SSHD, SshServer, free_port
+
+from watchtower_lib._collect_manifest import Manifest
+from watchtower_lib._collect_paths import safe_local_path, unsafe_name
+from watchtower_lib.cli import cli
+from watchtower_lib.collect import collect
+from watchtower_lib.config import SensorConfig, Settings
+from watchtower_lib.errors import ConfigError
+
+ZAT = "multi/zat-samples/tsv"
+WRCCDC = "multi/wrccdc-2018/zeek-tsv"
+PATTERNS = ("*.log", "*.log.gz", "current/*.log")
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def sshd():
+    require("SSHD", SSHD.exists(), f"{SSHD} not found")
+    # world-traversable, so the unprivileged login of the unreadable-file test can read authorized_keys
+    workdir = Path(tempfile.mkdtemp(prefix="wt-sshd-"))
+    workdir.chmod(0o755)
+    server = SshServer(workdir).start()
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def remote():
+    folder = Path(tempfile.mkdtemp(prefix="wt-remote-"))
+    folder.chmod(0o755)
+    yield folder
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sensor(server: SshServer, remote: Path, **overrides) -> SensorConfig:
+    values = dict(name="edge", host=server.host, port=server.port, user=server.user,
+                  key_file=server.client_key, known_hosts=server.known_hosts, remote_dir=str(remote),
+                  patterns=PATTERNS, retries=0, connect_timeout=5.0, transfer_timeout=20.0)
+    values.update(overrides)
+    return SensorConfig(**values)
+
+
+def _settings(tmp_path: Path, *sensors: SensorConfig) -> Settings:
+    return Settings(raw_dir=tmp_path / "raw", store_dir=tmp_path / "store", sensors=sensors)
+
+
+def _populate(remote: Path, shared: Path) -> dict[str, Path]:
+    """Real logs on the 'sensor': four ZAT TSV logs, two gzipped WRCCDC logs, one current/ log."""
+    files = {
+        "conn.log": shared / ZAT / "conn.log",
+        "dns.log": shared / ZAT / "dns.log",
+        "http.log": shared / ZAT / "http.log",
+        "ssl.log": shared / ZAT / "ssl.log",
+        "dns.log.gz": shared / WRCCDC / "dns.log.gz",
+        "weird.log.gz": shared / WRCCDC / "weird.log.gz",
+        "current/conn.log": shared / "scenarios/stratosphere-sdt/003-android-rat/conn.log",
+    }
+    for rel, source in files.items():
+        (remote / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, remote / rel)
+    (remote / "current").chmod(0o755)
+    (remote / "README.txt").write_text("not selected by the patterns\n")
+    return files
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------ sync
+def test_first_sync_then_second_downloads_nothing(sshd, remote, shared_data, tmp_path):
+    files = _populate(remote, shared_data)
+    settings = _settings(tmp_path, _sensor(sshd, remote))
+    first = collect(settings).sensors[0]
+    assert first.status == "ok", first.errors
+    assert first.files == len(files) == 7
+    assert first.bytes == sum(p.stat().st_size for p in files.values())
+    assert sorted(p.relative_to(tmp_path / "raw" / "edge").as_posix() for p in first.new_paths) == sorted(files)
+    for rel, source in files.items():
+        assert (tmp_path / "raw" / "edge" / rel).read_bytes() == source.read_bytes()
+    assert not (tmp_path / "raw" / "edge" / "README.txt").exists()
+    assert not list((tmp_path / "raw").rglob("*.part"))
+    with Manifest(tmp_path / "raw") as manifest:
+        assert manifest.count("edge") == 7
+        record = manifest.get("edge", "dns.log.gz")
+        assert record.sha256 == _sha(shared_data / WRCCDC / "dns.log.gz")
+        assert record.size == 1182875
+
+    second = collect(settings).sensors[0]
+    assert second.status == "ok"
+    assert (second.files, second.bytes, second.unchanged, second.new_paths) == (0, 0, 7, [])
+
+
+def test_growing_current_log_fetches_only_the_tail_and_keeps_the_old_copy(sshd, remote, shared_data, tmp_path):
+    full = (shared_data / "scenarios/stratosphere-sdt/003-android-rat/conn.log").read_bytes()
+    lines = full.splitlines(keepends=True)
+    head = b"".join(lines[: len(lines) // 2])  # Zeek has written half of the log so far
+    (remote / "current").mkdir()
+    (remote / "current" / "conn.log").write_bytes(head)
+    settings = _settings(tmp_path, _sensor(sshd, remote))
+    assert collect(settings).sensors[0].files == 1
+
+    with open(remote / "current" / "conn.log", "ab") as fh:  # ... and then the rest
+        fh.write(full[len(head):])
+    result = collect(settings).sensors[0]
+    local = tmp_path / "raw" / "edge" / "current" / "conn.log"
+    assert result.status == "ok"
+    assert local.read_bytes() == full
+    assert result.bytes == len(full) - len(head)  # only the new tail travelled
+    assert result.resumed == [("current/conn.log", len(head))]
+    assert len(result.old_copies) == 1
+    assert result.old_copies[0].name.startswith("conn.prev-") and result.old_copies[0].name.endswith(".log")
+    assert result.old_copies[0].read_bytes() == head
+    assert result.new_paths == [local]
+    with Manifest(tmp_path / "raw") as manifest:
+        assert [(p, r) for p, _, r in manifest.superseded_copies("edge")] == [("current/conn.log", "grown")]
+
+
+def test_rotated_log_is_fetched_again_and_the_old_copy_kept(sshd, remote, shared_data, tmp_path):
+    first = shared_data / ZAT / "dns.log"  # 12,406 bytes
+    smaller = shared_data / ZAT / "weird.log"  # 1,484 bytes: rotation replaced it with a new, smaller file
+    bigger = shared_data / ZAT / "conn.log"  # 45,416 bytes, different from the first byte: not a growth
+    shutil.copyfile(first, remote / "dns.log")
+    settings = _settings(tmp_path, _sensor(sshd, remote))
+    local = tmp_path / "raw" / "edge" / "dns.log"
+    collect(settings)
+
+    shutil.copyfile(smaller, remote / "dns.log")
+    result = collect(settings).sensors[0]
+    assert (result.status, result.files, result.resumed) == ("ok", 1, [])
+    assert local.read_bytes() == smaller.read_bytes()
+    assert [p.read_bytes() for p in result.old_copies] == [first.read_bytes()]
+
+    shutil.copyfile(bigger, remote / "dns.log")
+    result = collect(settings).sensors[0]
+    assert result.resumed == []  # the prefix differs, so nothing was reused
+    assert result.bytes == bigger.stat().st_size
+    assert local.read_bytes() == bigger.read_bytes()
+    copies = sorted(p.read_bytes() for p in (tmp_path / "raw" / "edge").glob("dns.prev-*.log"))
+    assert copies == sorted([first.read_bytes(), smaller.read_bytes()])
+    with Manifest(tmp_path / "raw") as manifest:
+        assert [r for _, _, r in manifest.superseded_copies("edge")] == ["rotated", "rotated"]
+
+
+def test_touched_file_with_same_content_is_not_kept_twice(sshd, remote, shared_data, tmp_path):
+    shutil.copyfile(shared_data / ZAT / "ssl.log", remote / "ssl.log")
+    settings = _settings(tmp_path, _sensor(sshd, remote))
+    collect(settings)
+    os.utime(remote / "ssl.log", (time.time() + 60, time.time() + 60))
+    result = collect(settings).sensors[0]
+    assert (result.files, result.unchanged, result.old_copies, result.new_paths) == (0, 1, [], [])
+    assert list((tmp_path / "raw" / "edge").iterdir()) == [tmp_path / "raw" / "edge" / "ssl.log"]
+
+
+# ------------------------------------------------------------------ interruption
+def _big_log(remote: Path, shared: Path) -> Path:
+    """~37 MB: the WRCCDC gzipped logs concatenated ten times (a valid multi-member gzip)."""
+    parts = sorted((shared / WRCCDC).glob("*.log.gz"))
+    big = remote / "big.log.gz"
+    with open(big, "wb") as out:
+        for _ in range(10):
+            for part in parts:
+                out.write(part.read_bytes())
+    return big
+
+
+def _cut_when_part_grows(server: SshServer, part: Path, threshold: int) -> tuple[threading.Thread, dict]:
+    state: dict[str, int] = {}
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                size = part.stat().st_size
+            except FileNotFoundError:
+                size = 0
+            if size >= threshold:
+                state["killed"] = server.kill_sessions()
+                state["at"] = size
+                return
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, state
+
+
+# paramiko's prefetch thread dies with the killed connection and says so on stderr; that is expected here
+_PREFETCH_DIES = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+@_PREFETCH_DIES
+def test_cut_connection_then_resume_is_byte_identical(sshd, remote, shared_data, tmp_path):
+    big = _big_log(remote, shared_data)
+    size = big.stat().st_size
+    settings = _settings(tmp_path, _sensor(sshd, remote, retries=0, parallel_files=1))
+    part = tmp_path / "raw" / "edge" / ".big.log.gz.part"
+    watcher, state = _cut_when_part_grows(sshd, part, 2 * 1024 * 1024)
+    cut = collect(settings).sensors[0]
+    watcher.join()
+    assert state.get("killed", 0) >= 1, "the sshd session was not killed"
+    assert cut.status == "failed"
+    assert "gave up after 1 attempt" in cut.errors[0]
+    kept = part.stat().st_size
+    assert 0 < kept < size
+    assert not (tmp_path / "raw" / "edge" / "big.log.gz").exists()
+
+    resumed = collect(settings).sensors[0]
+    assert resumed.status == "ok", resumed.errors
+    assert resumed.resumed == [("big.log.gz", kept)]
+    assert resumed.bytes == size - kept
+    assert _sha(tmp_path / "raw" / "edge" / "big.log.gz") == _sha(big)
+    assert not part.exists()
+
+
+@_PREFETCH_DIES
+def test_corrupt_partial_file_is_caught_by_the_sensors_sha256sum(sshd, remote, shared_data, tmp_path):
+    big = _big_log(remote, shared_data)
+    settings = _settings(tmp_path, _sensor(sshd, remote, retries=0, parallel_files=1))
+    part = tmp_path / "raw" / "edge" / ".big.log.gz.part"
+    watcher, state = _cut_when_part_grows(sshd, part, 2 * 1024 * 1024)
+    collect(settings)
+    watcher.join()
+    kept = part.stat().st_size
+    assert state.get("killed", 0) >= 1 and kept > 256 * 1024
+    with open(part, "r+b") as fh:  # damage the middle, where the 64 KiB end samples do not look
+        fh.seek(kept // 2)
+        byte = fh.read(1)
+        fh.seek(kept // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+    caught = collect(settings).sensors[0]
+    assert caught.status == "partial"
+    assert len(caught.errors) == 1 and "differs from the sensor's sha256sum" in caught.errors[0]
+    assert not (tmp_path / "raw" / "edge" / "big.log.gz").exists() and not part.exists()
+
+    clean = collect(settings).sensors[0]
+    assert clean.status == "ok" and clean.resumed == []
+    assert _sha(tmp_path / "raw" / "edge" / "big.log.gz") == _sha(big)
+
+
+@_PREFETCH_DIES
+def test_cut_connection_is_retried_within_the_run(sshd, remote, shared_data, tmp_path, caplog):
+    big = _big_log(remote, shared_data)
+    monkey_backoff = pytest.MonkeyPatch()
+    monkey_backoff.setattr("watchtower_lib.collect.BACKOFF_BASE", 0.2)
+    settings = _settings(tmp_path, _sensor(sshd, remote, retries=2, parallel_files=1))
+    part = tmp_path / "raw" / "edge" / ".big.log.gz.part"
+    watcher, state = _cut_when_part_grows(sshd, part, 2 * 1024 * 1024)
+    with caplog.at_level(logging.WARNING, logger="watchtower_lib.collect"):
+        result = collect(settings).sensors[0]
+    watcher.join()
+    monkey_backoff.undo()
+    assert state.get("killed", 0) >= 1
+    assert result.status == "ok", result.errors
+    assert len(result.resumed) == 1 and result.resumed[0][1] > 0
+    assert result.bytes == big.stat().st_size - result.resumed[0][1]
+    assert _sha(tmp_path / "raw" / "edge" / "big.log.gz") == _sha(big)
+    assert any("retry 1 of 2" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------ host keys
+def test_unknown_host_key_is_refused_with_how_to_add_it(sshd, remote, shared_data, tmp_path):
+    _populate(remote, shared_data)
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    result = collect(_settings(tmp_path, _sensor(sshd, remote, known_hosts=empty, retries=3))).sensors[0]
+    assert result.status == "failed" and result.files == 0
+    assert len(result.errors) == 1  # refused at once, not retried
+    message = result.errors[0]
+    assert f"[127.0.0.1]:{sshd.port}" in message and "is not in" in message
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1" in message and "trust_on_first_use" in message
+    assert empty.read_text() == ""
+    assert not (tmp_path / "raw" / "edge").exists()
+
+
+def test_changed_host_key_is_refused_even_with_trust_on_first_use(sshd, remote, shared_data, tmp_path):
+    _populate(remote, shared_data)
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} " + " ".join(Path(f"{other}.pub").read_text().split()[:2]) + "\n")
+    before = known.read_text()
+    result = collect(_settings(tmp_path, _sensor(sshd, remote, known_hosts=known,
+                                                  trust_on_first_use=True))).sensors[0]
+    assert result.status == "failed"
+    assert "HOST KEY CHANGED" in result.errors[0] and "ssh-keygen -R" in result.errors[0]
+    assert known.read_text() == before
+
+
+def test_trust_on_first_use_records_the_key_and_says_so(sshd, remote, shared_data, tmp_path, caplog):
+    _populate(remote, shared_data)
+    known = tmp_path / "ssh" / "known_hosts"  # neither the file nor its folder exist yet
+    settings = _settings(tmp_path, _sensor(sshd, remote, known_hosts=known, trust_on_first_use=True))
+    with caplog.at_level(logging.WARNING):
+        result = collect(settings).sensors[0]
+    assert result.status == "ok" and result.files == 7
+    assert known.read_text() == sshd.known_hosts_line()
+    assert any("trust_on_first_use recorded the NEW host key" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        collect(settings)
+    assert known.read_text() == sshd.known_hosts_line()  # recorded once
+    assert not any("trust_on_first_use" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------ bad files and names
+def _reader_who_obeys_permissions() -> str:
+    """chmod 000 does not stop root, so as root the sensor login is the unprivileged `nobody`."""
+    if os.geteuid() != 0:
+        return getpass.getuser()
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("running as root and there is no unprivileged 'nobody' user to log in as")
+    return "nobody"
+
+
+def test_unreadable_file_is_reported_while_the_others_arrive(sshd, remote, shared_data, tmp_path, caplog):
+    files = _populate(remote, shared_data)
+    (remote / "http.log").chmod(0o000)  # the sensor's login cannot open it: a real EACCES from sftp
+    sensor = _sensor(sshd, remote, user=_reader_who_obeys_permissions())
+    with caplog.at_level(logging.INFO):
+        report = collect(_settings(tmp_path, sensor))
+    result = report.sensors[0]
+    assert result.status == "partial" and not report.ok
+    assert len(result.errors) == 1
+    assert result.errors[0].startswith("http.log: ") and "EACCES" in result.errors[0]
+    assert result.files == 6
+    for rel, source in files.items():
+        if rel != "http.log":
+            assert (tmp_path / "raw" / "edge" / rel).read_bytes() == source.read_bytes()
+    assert not (tmp_path / "raw" / "edge" / "http.log").exists()
+    if sensor.user == "nobody":  # nologin shell: no sha256sum, so the sizes were the check
+        assert any("checked by size only" in r.getMessage() for r in caplog.records)
+
+
+def test_dotdot_pattern_and_outward_symlinks_are_refused(sshd, remote, shared_data, tmp_path):
+    secret_dir = Path(tempfile.mkdtemp(prefix="wt-outside-"))
+    try:
+        shutil.copyfile(shared_data / ZAT / "smtp.log", secret_dir / "smtp.log")
+        shutil.copyfile(shared_data / ZAT / "conn.log", remote / "conn.log")
+        (remote / "leak.log").symlink_to(secret_dir / "smtp.log")  # file link out of remote_dir
+        (remote / "elsewhere").symlink_to(secret_dir)  # directory link out of remote_dir
+        (remote / "alias.log").symlink_to("conn.log")  # a link that stays inside is fine
+        (remote / "gone.log").symlink_to(remote / "never-written.log")  # dangling
+        out = f"../{secret_dir.name}/*.log"
+        sensor = _sensor(sshd, remote, patterns=("*.log", "*/*.log", out, "/etc/*"))
+        result = collect(_settings(tmp_path, sensor)).sensors[0]
+        refused = {r.path: r.reason for r in result.refused}
+        assert set(refused) == {"leak.log", "elsewhere", out, "/etc/*"}
+        assert "outside remote_dir" in refused["leak.log"] and "not followed" in refused["elsewhere"]
+        assert "steps out of remote_dir" in refused[out]
+        assert len(result.errors) == 1 and result.errors[0].startswith("gone.log: symlink cannot be resolved")
+        assert result.status == "partial"
+        landed = sorted(p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*.log"))
+        assert landed == ["edge/alias.log", "edge/conn.log"]
+        secret = (secret_dir / "smtp.log").read_bytes()
+        assert all(p.read_bytes() != secret for p in (tmp_path / "raw").rglob("*") if p.is_file())
+    finally:
+        shutil.rmtree(secret_dir)
+
+
+@pytest.mark.parametrize("rel", ["../../etc/passwd", "/etc/passwd", "a/../../b.log", "..", "a/./b.log",
+                                 "x\\..\\y.log", "bad\x00.log", "new\nline.log", "a//b.log"])
+def test_hostile_remote_names_cannot_leave_the_sensor_folder(tmp_path, rel):
+    with pytest.raises(ValueError):
+        safe_local_path(tmp_path / "edge", rel)
+
+
+def test_local_symlink_inside_raw_cannot_redirect_a_download(tmp_path):
+    (tmp_path / "edge").mkdir()
+    (tmp_path / "edge" / "current").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="outside"):
+        safe_local_path(tmp_path / "edge", "current/conn.log")
+    assert safe_local_path(tmp_path / "edge", "2024-05-01/conn.00:00:00-01:00:00.log.gz").name.endswith(".gz")
+    assert unsafe_name("..conn.log") is None  # dots inside a name are harmless
+
+
+# ------------------------------------------------------------------ several sensors, CLI
+def _yaml_sensor(name: str, server: SshServer, remote: Path, port: int, **extra) -> str:
+    lines = [f"  - name: {name}", f"    host: {server.host}", f"    port: {port}", f"    user: {server.user}",
+             f"    key_file: {server.client_key}", f"    known_hosts: {server.known_hosts}",
+             f"    remote_dir: {remote}", "    patterns: ['*.log', '*.log.gz', 'current/*.log']"]
+    lines += [f"    {k}: {v}" for k, v in extra.items()]
+    return "\n".join(lines)
+
+
+def test_one_sensor_down_the_other_completes_and_exit_code_is_1(sshd, remote, shared_data, tmp_path):
+    files = _populate(remote, shared_data)
+    closed = free_port()
+    config = tmp_path / "watchtower.yml"
+    config.write_text("raw_dir: raw\nsensors:\n" + _yaml_sensor("edge", sshd, remote, sshd.port, retries=0) + "\n"
+                      + _yaml_sensor("down", sshd, remote, closed, retries=1, connect_timeout=2) + "\n")
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["--config", str(config), "collect", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - started < 20
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines() if line[:4] in ("edge", "down")}
+    assert rows["edge"][1:3] == ["ok", "7"]
+    assert rows["down"][1:3] == ["failed", "0"]
+    assert f"down: error: 127.0.0.1:{closed}: gave up after 2 attempt(s)" in result.output
+    for rel in files:
+        assert (tmp_path / "raw" / "edge" / rel).is_file()
+    assert not (tmp_path / "raw" / "down").exists()
+
+
+def test_cli_unknown_sensor_is_a_config_error(tmp_path):
+    config = tmp_path / "watchtower.yml"
+    config.write_text("sensors:\n  - {name: local1, kind: local, remote_dir: logs}\n")
+    result = CliRunner().invoke(cli, ["--config", str(config), "collect", "--sensor", "nope"])
+    assert isinstance(result.exception, ConfigError)
+    assert "no sensor named 'nope'" in str(result.exception) and "local1" in str(result.exception)
+
+
+def test_no_sensors_configured_says_how_to_add_one(tmp_path):
+    with pytest.raises(ConfigError, match="no sensors configured"):
+        collect(Settings(raw_dir=tmp_path / "raw"))
+
+
+def test_local_sensor_and_ingest_into_the_store(shared_data, tmp_path):
+    logs = tmp_path / "zeek-logs"
+    (logs / "current").mkdir(parents=True)
+    for name in ("conn.log", "dns.log"):
+        shutil.copyfile(shared_data / ZAT / name, logs / name)
+    shutil.copyfile(shared_data / WRCCDC / "ssl.log.gz", logs / "current" / "ssl.log.gz")
+    config = tmp_path / "watchtower.yml"
+    config.write_text("raw_dir: raw\nstore_dir: store\nsensors:\n"
+                      f"  - {{name: box, kind: local, remote_dir: {logs}, patterns: ['*.log', 'current/*.log.gz']}}\n")
+    first = CliRunner().invoke(cli, ["--config", str(config), "collect", "--ingest", "--no-progress"])
+    assert first.exit_code == 0, first.output
+    assert "box: 3 file(s) ingested" in first.output
+    assert (tmp_path / "raw" / "box" / "current" / "ssl.log.gz").read_bytes() == \
+        (shared_data / WRCCDC / "ssl.log.gz").read_bytes()
+    assert list((tmp_path / "store").rglob("*.parquet"))
+    again = CliRunner().invoke(cli, ["--config", str(config), "collect", "--ingest", "--no-progress"])
+    assert again.exit_code == 0
+    assert "--ingest: no new files" in again.output
+
+
+def test_missing_paramiko_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "paramiko", None)  # as on an install without the [ssh] extra
+    sensor = SensorConfig(name="edge", host="127.0.0.1", port=free_port(), retries=3)
+    result = collect(_settings(tmp_path, sensor)).sensors[0]
+    assert result.status == "failed"
+    assert result.errors == ["paramiko is needed for this feature: pip install 'watchtower-zeek[ssh]'"]
