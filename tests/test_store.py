@@ -318,7 +318,8 @@ def test_sample_data_is_ingestible(tmp_path: Path) -> None:
     """Every log shipped in data/ goes in; the READMEs and label rules are skipped."""
     report = store.ingest([ROOT / "data"], tmp_path / "store")
     assert not report.errors and report.files_ingested == 62
-    assert sorted(Path(p).name for p in report.not_logs) == ["README.md", "labels.config", "labels.config"]
+    assert sorted(Path(p).name for p in report.not_logs) == [
+        "GPL-2.0.txt", "MIT-zat.txt", "README.md", "labels.config", "labels.config"]
     assert os.path.getsize(tmp_path / "store" / "_manifest.sqlite") > 0
 
 
