@@ -334,3 +334,15 @@ def test_every_sample_log_type_loads(tmp_path: Path) -> None:
     for log_type in store.log_types(target):
         df = store.load(target, log_type)
         assert len(df) == int(store.summary(target).set_index("log_type").loc[log_type, "rows"])
+
+
+def test_folder_walk_skips_hidden_folders_and_stores(shared_data: Path, tmp_path: Path) -> None:
+    src = tmp_path / "sensor"
+    for sub in ("2020-08-07", ".snapshots"):
+        (src / sub).mkdir(parents=True)
+        shutil.copyfile(shared_data / RAT_CONN, src / sub / "conn.log")
+    target = src / "store"  # a store inside the folder being ingested, as with `watchtower ingest .`
+    first = store.ingest([src], target)
+    second = store.ingest([src], target)
+    assert first.files_ingested == 1 and first.not_logs == []
+    assert second.files_skipped == 1 and second.not_logs == []  # the store's Parquet files are not read

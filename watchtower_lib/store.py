@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import zlib
 from collections.abc import Iterable
@@ -205,22 +206,31 @@ def looks_like_zeek(path: Path) -> bool:
 
 
 def _discover(paths: list[str | Path], report: IngestReport) -> list[Path]:
-    """Expand folders (sorted, hidden entries skipped) and check every path exists."""
+    """Expand folders and check every path exists.
+
+    Walks folders in sorted order without entering hidden folders (``.venv``,
+    ``.git``) or a Watch Tower store (a folder holding ``_manifest.sqlite``), so
+    ``watchtower ingest .`` from a checkout reads the logs, not our own output.
+    """
     out: list[Path] = []
     for item in paths:
         path = Path(item)
         if path.is_file():
             out.append(path)
         elif path.is_dir():
-            for found in sorted(p for p in path.rglob("*") if p.is_file()):
-                rel = found.relative_to(path)
-                if any(part.startswith(".") for part in rel.parts) or found.name == MANIFEST_NAME:
+            for folder, dirs, names in os.walk(path):
+                if MANIFEST_NAME in names:
+                    log.info("skipping %s: it is a Watch Tower store", folder)
+                    dirs[:] = []
                     continue
-                if looks_like_zeek(found):
-                    out.append(found)
-                else:
-                    report.not_logs.append(str(found))
-                    log.info("skipping %s: not a Zeek log (no #fields header, not JSON lines)", found)
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(n for n in names if not n.startswith(".")):
+                    found = Path(folder) / name
+                    if looks_like_zeek(found):
+                        out.append(found)
+                    else:
+                        report.not_logs.append(str(found))
+                        log.info("skipping %s: not a Zeek log (no #fields header, not JSON lines)", found)
         else:
             raise StoreError(f"{path}: no such file or folder to ingest")
     return out
