@@ -176,3 +176,21 @@ def test_cli_list_show_ack_close(tmp_path, scan_alerts, monkeypatch):
     missing = runner.invoke(cli, ["alerts", "ack", "inc-nope"])
     assert missing.exit_code != 0 and isinstance(missing.exception, StoreError)
     assert "Acknowledge an incident" in runner.invoke(cli, ["alerts", "--help"]).output
+
+
+def test_index_pending_with_the_node_down_keeps_everything_pending(store, scan_alerts):
+    import socket
+
+    from watchtower_lib.alert_store import index_pending
+    from watchtower_lib.config import load
+    from watchtower_lib.errors import IntegrationError
+
+    pytest.importorskip("elasticsearch")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once we leave: nothing listens there
+    settings = load(env={"WATCHTOWER_ES_URL": f"http://127.0.0.1:{port}", "WATCHTOWER_ELASTICSEARCH__MAX_RETRIES": "0"})
+    store.upsert_alerts(scan_alerts.head(10))
+    with pytest.raises(IntegrationError, match="unreachable"):
+        index_pending(store, settings=settings)
+    assert len(store.pending_es()) == 10

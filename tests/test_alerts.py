@@ -332,9 +332,12 @@ def test_cli_detect_catches_up_on_elasticsearch(deployment, found, monkeypatch):
         assert db.pending_es().empty
         client.indices.refresh(index=f"{prefix}-alerts")
         assert client.count(index=f"{prefix}-alerts")["count"] == len(found)
-        hit = client.search(index=f"{prefix}-alerts", query={"term": {"event.id": found["id"].iloc[0]}})
+        first = db.alerts().iloc[0]
+        hit = client.search(index=f"{prefix}-alerts", query={"term": {"event.id": first["id"]}})
         assert hit["hits"]["total"]["value"] == 1
-        assert hit["hits"]["hits"][0]["_source"]["source"]["ip"] == "172.16.1.11"
+        source = hit["hits"]["hits"][0]["_source"]
+        assert (source["source.ip"], source["destination.port"], source["zeek.session_id"]) == (
+            first["src_ip"], first["dst_port"], first["uid"])
     finally:
         client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, allow_no_indices=True)
         client.indices.delete_index_template(name=f"{prefix}-*")

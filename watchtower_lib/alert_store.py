@@ -253,6 +253,40 @@ class AlertStore:
             db.close()
 
 
+def index_pending(store: AlertStore, *, settings: Any, es: Any = None) -> Any:
+    """Index every alert Elasticsearch lacks (``pending_es``) and mark those indexed.
+
+    The catch-up after an outage: alerts stored while the node was down are
+    sent by the next call. ``_id`` is the alert id, so a document indexed twice
+    is counted as existing, not duplicated.
+
+    Returns
+    -------
+    ``es.BulkReport`` (empty when nothing was pending). Alerts are marked indexed
+    only when the bulk load rejected none.
+
+    Raises
+    ------
+    IntegrationError
+        The node is unreachable or refused the request; nothing is marked.
+    MissingDependencyError
+        The ``elasticsearch`` client is not installed (extra ``es``).
+    """
+    from . import es as es_mod
+
+    pending = store.pending_es()
+    if pending.empty:
+        return es_mod.BulkReport()
+    frame = pending.drop(columns=["es_indexed", "stored_at"])
+    report = es_mod.index_alerts(frame, es=es, settings=settings)
+    if report.failed:
+        log.warning("Elasticsearch rejected %d of %d alerts (%s); all stay pending", report.failed,
+                    len(pending), dict(report.errors))
+    else:
+        store.mark_es_indexed(pending["id"])
+    return report
+
+
 def severity_at_least(severities: pd.Series, minimum: str) -> pd.Series:
     """Boolean mask: severity is ``minimum`` or above (order: low < medium < high < critical)."""
     if minimum not in SEVERITY_RANK:

@@ -12,7 +12,6 @@ from . import settings_from
 log = logging.getLogger(__name__)
 
 EXIT_NOTIFY_FAILED = 3  # alerts stored, but a notification channel failed (it retries next run)
-_ES_NAMES = {"src_ip": "id.orig_h", "src_port": "id.orig_p", "dst_ip": "id.resp_h", "dst_port": "id.resp_p"}
 
 
 @click.command("detect")
@@ -43,6 +42,11 @@ def detect(ctx: click.Context, start: str | None, end: str | None, send: bool | 
 
     settings = settings_from(ctx)
     conn = store.load(settings.store_dir, "conn", start=start, end=end)
+    if len(conn) and "dns" in store.log_types(settings.store_dir):  # as in training: DNS features by uid
+        from ..features import join_logs
+
+        conn = join_logs(conn, dns=store.load(settings.store_dir, "dns", start=start, end=end,
+                                              columns=["uid", "query", "rcode_name"]))
     supervised = _latest(models, settings.models_dir, "supervised")
     unsupervised = _latest(models, settings.models_dir, "unsupervised")
     if supervised is None and unsupervised is None:
@@ -92,25 +96,20 @@ def _latest(models: Any, models_dir: Path, kind: str) -> Any:
 
 def _index_pending(db: Any, settings: Any) -> None:
     """Index every alert Elasticsearch lacks; on failure warn and keep them pending for the next run."""
-    from .. import es
+    from ..alert_store import index_pending
     from ..errors import IntegrationError, MissingDependencyError
 
-    pending = db.pending_es()
-    if pending.empty:
-        return
-    frame = pending.drop(columns=["es_indexed", "stored_at"]).rename(columns=_ES_NAMES)
     try:
-        report = es.index_alerts(frame, settings=settings)
+        report = index_pending(db, settings=settings)
     except (IntegrationError, MissingDependencyError) as exc:
-        click.echo(f"warning: alerts not indexed into Elasticsearch ({exc}); {len(pending):,} alerts stay "
-                   f"pending in {settings.alerts_db} and the next run indexes them", err=True)
+        click.echo(f"warning: alerts not indexed into Elasticsearch ({exc}); {len(db.pending_es()):,} alerts "
+                   f"stay pending in {settings.alerts_db} and the next run indexes them", err=True)
         return
     if report.failed:
-        click.echo(f"warning: Elasticsearch rejected {report.failed} of {len(pending)} alerts "
+        click.echo(f"warning: Elasticsearch rejected {report.failed} of {report.total} alerts "
                    f"({dict(report.errors)}); they stay pending", err=True)
-        return
-    db.mark_es_indexed(pending["id"])
-    click.echo(f"elasticsearch: {len(pending):,} alerts indexed ({report.created:,} new)")
+    elif report.total:
+        click.echo(f"elasticsearch: {report.total:,} alerts indexed ({report.created:,} new)")
 
 
 def _print_table(incidents: Any, limit: int = 20) -> None:
