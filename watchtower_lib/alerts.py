@@ -161,8 +161,14 @@ def incident_ids(alerts: pd.DataFrame, window_minutes: float = 60, *, fan_out: i
     The id is ``sha256(kind | source | destination or * | first ts | first uid)``: stable
     across model versions and reruns, as long as earlier alerts of the incident exist.
     """
+    return _assign(alerts, window_minutes, fan_out)["incident_id"]
+
+
+def _assign(alerts: pd.DataFrame, window_minutes: float, fan_out: int | None) -> pd.DataFrame:
+    """Per alert: ``incident_id`` and ``fan_out`` (whether its incident is a fan-out one)."""
     if alerts.empty:
-        return pd.Series([], index=alerts.index, dtype="string")
+        return pd.DataFrame({"incident_id": pd.Series([], dtype="string"), "fan_out": pd.Series([], dtype=bool)},
+                            index=alerts.index)
     window = pd.Timedelta(minutes=float(window_minutes))
     frame = pd.DataFrame({
         "src": alerts["src_ip"].astype("string").fillna("?"),
@@ -183,7 +189,8 @@ def incident_ids(alerts: pd.DataFrame, window_minutes: float = 60, *, fan_out: i
     keys = (first["kind"] + "|" + first["src"] + "|" + first["scope_dst"] + "|"
             + first["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "|" + first["uid"])
     ids = {g: "inc-" + hashlib.sha256(k.encode()).hexdigest()[:24] for g, k in keys.items()}
-    return frame["group"].map(ids).astype("string")
+    return pd.DataFrame({"incident_id": frame["group"].map(ids).astype("string"), "fan_out": wide.to_numpy()},
+                        index=frame.index)
 
 
 def group_incidents(alerts: pd.DataFrame, window_minutes: float = 60, *, fan_out: int | None = 10) -> pd.DataFrame:
@@ -197,7 +204,8 @@ def group_incidents(alerts: pd.DataFrame, window_minutes: float = 60, *, fan_out
     """
     if alerts.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in INCIDENT_COLUMNS})
-    work = alerts.assign(incident_id=incident_ids(alerts, window_minutes, fan_out=fan_out),
+    assigned = _assign(alerts, window_minutes, fan_out)
+    work = alerts.assign(incident_id=assigned["incident_id"], _fan_out=assigned["fan_out"],
                          ts=pd.to_datetime(alerts["ts"], utc=True),
                          _rank=alerts["severity"].map(SEVERITY_RANK))
     grouped = work.sort_values(["ts", "uid"], kind="stable").groupby("incident_id", sort=False)
@@ -205,12 +213,12 @@ def group_incidents(alerts: pd.DataFrame, window_minutes: float = 60, *, fan_out
         kind=("kind", "first"), src_ip=("src_ip", "first"), first_seen=("ts", "min"),
         last_seen=("ts", "max"), count=("id", "size"), n_destinations=("dst_ip", "nunique"),
         n_ports=("dst_port", "nunique"), max_score=("score", "max"), _rank=("_rank", "max"),
-        dst_first=("dst_ip", "first"),
+        dst_first=("dst_ip", "first"), _fan_out=("_fan_out", "first"),
     )
-    out["scope"] = np.where(out["n_destinations"] > 1, "fan-out", "pair")
+    out["scope"] = np.where(out["_fan_out"], "fan-out", "pair")
     out["dst_ip"] = out["dst_first"].where(out["scope"] == "pair", "*")
     out["max_severity"] = [SEVERITIES[int(r)] for r in out["_rank"]]
-    out["family"] = grouped["family"].agg(_mode)
+    out["family"] = grouped["family"].agg(_mode).astype("string")
     out["sensors"] = grouped["sensor"].agg(lambda s: ",".join(sorted(set(s.dropna().astype(str)))))
     out["alert_ids"] = grouped["id"].agg(list)
     out = out.reset_index()[INCIDENT_COLUMNS]
