@@ -346,3 +346,27 @@ def test_folder_walk_skips_hidden_folders_and_stores(shared_data: Path, tmp_path
     second = store.ingest([src], target)
     assert first.files_ingested == 1 and first.not_logs == []
     assert second.files_skipped == 1 and second.not_logs == []  # the store's Parquet files are not read
+
+
+def test_file_growing_during_ingest_is_not_committed(shared_data: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zeek appending to the log being ingested: the rows read are not the content hashed."""
+    log_file = tmp_path / "conn.log"
+    shutil.copyfile(shared_data / RAT_CONN, log_file)
+    real_rows = [line for line in log_file.read_bytes().splitlines(keepends=True) if not line.startswith(b"#")]
+    real = zeek.iter_batches
+
+    def appending(path: Path, **kwargs: object):
+        for i, batch in enumerate(real(path, batch_rows=100, **kwargs)):  # type: ignore[arg-type]
+            if i == 0:
+                with open(log_file, "ab") as fh:  # one more real row arrives
+                    fh.write(real_rows[0])
+            yield batch
+
+    monkeypatch.setattr(zeek, "iter_batches", appending)
+    target = tmp_path / "store"
+    with pytest.raises(StoreError, match="changed while it was being ingested"):
+        store.ingest([log_file], target)
+    assert _visible_parquet(target) == set() and _temp_files(target) == []
+    monkeypatch.undo()
+    assert store.ingest([log_file], target).rows_by_log_type == {"conn": 362}

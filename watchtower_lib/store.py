@@ -137,6 +137,7 @@ def _ingest_file(path: Path, store: Path, manifest: Manifest, sensor: str, error
                  report: IngestReport, bar: Any) -> None:
     from . import zeek
 
+    before = _fingerprint(path)
     digest = _sha256(path)
     if manifest.has(digest):
         report.files_skipped += 1
@@ -153,11 +154,14 @@ def _ingest_file(path: Path, store: Path, manifest: Manifest, sensor: str, error
         schema = writer.schema
         if schema is None:  # header-only file: keep its columns so load() can return them
             schema = schema_with_sensor(zeek.read_arrow(path, errors=errors).schema)
+        if _fingerprint(path) != before:  # the rows read may not be the content hashed
+            raise StoreError(f"{path}: the file changed while it was being ingested (is Zeek still "
+                             f"writing it?); ingest rotated logs, or run again once it is closed")
+        manifest.record(sha256=digest, path=str(path), sensor=sensor, log_type=log_type,
+                        rows=writer.rows, schema=schema, parts=parts)
     except BaseException:
         writer.abort()
         raise
-    manifest.record(sha256=digest, path=str(path), sensor=sensor, log_type=log_type,
-                    rows=writer.rows, schema=schema, parts=parts)
     report.files_ingested += 1
     report.files_written += len(parts)
     report.rows_by_log_type[log_type] = report.rows_by_log_type.get(log_type, 0) + writer.rows
@@ -169,6 +173,11 @@ def _log_type(path: Path) -> str:
     from . import zeek
 
     return zeek.log_type(path) or path.name.split(".", 1)[0]
+
+
+def _fingerprint(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _sha256(path: Path) -> str:
