@@ -188,6 +188,10 @@ def test_bad_file_raises_or_is_reported(shared_data: Path, tmp_path: Path) -> No
     assert list(report.errors) == [str(shared_data / "edge/zeekcut-conn-plain-tsv-no-zeek-header.log")]
     with pytest.raises(StoreError, match="no such file"):
         store.ingest([tmp_path / "missing.log"], target)
+    not_a_folder = tmp_path / "store-is-a-file"
+    not_a_folder.write_text("")
+    with pytest.raises(StoreError, match=f"cannot write the store at {not_a_folder}"):
+        store.ingest([shared_data / RAT_CONN], not_a_folder)
 
 
 # ------------------------------------------------------------------------ loads

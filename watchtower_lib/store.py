@@ -81,7 +81,8 @@ def ingest(
         that is not Zeek fails clearly); in folders, files that do not look like
         Zeek TSV or JSON (READMEs, label rules) are skipped with a log message.
     store_dir : the store; created when missing.
-    sensor : value of the ``_sensor`` column (default ``"local"``).
+    sensor : value of the ``_sensor`` column (default ``"local"``). Content already
+        in the store is skipped whichever sensor it came from.
     errors : ``"raise"`` stops at the first unreadable file (files already
         committed stay committed); ``"skip"`` drops malformed rows (the reader's
         ``errors="skip"``) and records unreadable files in ``report.errors``.
@@ -103,14 +104,14 @@ def ingest(
     started = time.perf_counter()
     store = Path(store_dir)
     report = IngestReport()
-    files = _discover([paths] if isinstance(paths, (str, Path)) else list(paths), report)
-    store.mkdir(parents=True, exist_ok=True)
+    sources = _discover([paths] if isinstance(paths, (str, Path)) else list(paths), report)
     sensor_name = sensor or LOCAL_SENSOR
-    bar = _progress_bar(len(files)) if progress else None
+    bar = _progress_bar(len(sources)) if progress else None
     try:
+        store.mkdir(parents=True, exist_ok=True)
         with StoreLock(store), Manifest(store, create=True) as manifest:
             remove_orphans(store, manifest)
-            for path in files:
+            for path in sources:
                 try:
                     _ingest_file(path, store, manifest, sensor_name, errors, report, bar)
                 except (WatchtowerError, pa.ArrowException) as exc:
@@ -176,15 +177,21 @@ def _log_type(path: Path) -> str:
 
 
 def _fingerprint(path: Path) -> tuple[int, int]:
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
     return stat.st_size, stat.st_mtime_ns
 
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:  # an input problem, not the store's: report it per file
+        raise StoreError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
     return digest.hexdigest()
 
 
