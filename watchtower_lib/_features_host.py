@@ -22,47 +22,79 @@ log = logging.getLogger(__name__)
 _REQUIRED = ("ts", "id.orig_h", "id.resp_h", "id.resp_p", "conn_state")
 
 
-def window_bounds(group: np.ndarray, t_ns: np.ndarray, window_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Sort rows by (group, time) and find where each row's window starts.
+def sort_by_group(group: np.ndarray, t_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Row positions sorted by (group, time), a monotone int64 key in that order, and its time unit (ns).
 
-    Returns ``order`` (row positions sorted by group then time) and ``lo``:
-    for the row at sorted position ``i``, sorted positions ``lo[i] .. i`` are
-    the rows of the same group with ``t > t_i - window``. One ``searchsorted``
-    over a monotone composite key (group * span + time) does every group at
-    once; a tie in time is broken by row order.
+    The key is ``group * span + time`` (time in microseconds since the
+    earliest row; milliseconds or seconds when that would overflow int64), so
+    one ``searchsorted`` finds every row's window start in every group at once.
     """
     order = np.lexsort((t_ns, group))
     if len(order) == 0:
-        return order, order.copy()
+        return order, order.astype("int64"), 1_000
     g = group[order].astype("int64")
-    g = g - g.min()
     t = t_ns[order]
-    unit = 1_000  # microseconds keep the key inside int64 for ~1e5 hosts x 1 year
-    rel = (t - t.min()) // unit
-    win = int(window_s * 1e9) // unit
-    span = int(rel.max()) + win + 1
-    if int(g.max()) * span >= 2**62:  # very many hosts over a long span: coarser clock
-        unit = 1_000_000_000
+    for unit in (1_000, 1_000_000, 1_000_000_000):
         rel = (t - t.min()) // unit
-        win = max(1, int(window_s))
-        span = int(rel.max()) + win + 1
-    key = g * span + rel
-    lo = np.searchsorted(key, key - win, side="right")
-    return order, lo
+        span = int(rel.max()) + 86_400 * 366 * (1_000_000_000 // unit) + 1  # windows up to a year
+        if int(g.max()) * span < 2**62:
+            break
+    return order, g * span + rel, unit
 
 
-def fresh_flags(group: np.ndarray, other: np.ndarray, t_ns: np.ndarray, window_s: float) -> np.ndarray:
-    """1 where ``other`` was not seen with ``group`` in the window before this row, else 0."""
-    n = len(group)
-    flags = np.ones(n, dtype="int64")
-    if n == 0:
-        return flags
-    order = np.lexsort((t_ns, other, group))
-    g, o, t = group[order], other[order], t_ns[order]
-    same = np.zeros(n, dtype=bool)
-    same[1:] = (g[1:] == g[:-1]) & (o[1:] == o[:-1]) & (t[1:] - t[:-1] <= int(window_s * 1e9))
-    flags[order] = (~same).astype("int64")
-    return flags
+def window_starts(key: np.ndarray, unit: int, window_s: float) -> np.ndarray:
+    """For each sorted position ``i``: the first position of its group with ``t > t_i - window``."""
+    return np.searchsorted(key, key - int(window_s * 1e9) // unit, side="right")
+
+
+class PeerChains:
+    """Exact distinct-peer counts over sliding windows, without a per-row set.
+
+    An occurrence of peer ``p`` at time ``s`` keeps ``p`` in the window of
+    every connection at ``t`` with ``s <= t < s + w``. Merging the occurrences
+    of each (host, peer) whose gaps are at most ``w`` gives chains; a chain
+    starting at ``a`` and ending with an occurrence at ``b`` covers
+    ``[a, b + w)``. The distinct count at ``t`` is then (chain starts <= t)
+    minus (chain ends ``b + w`` <= t) for that host: a cumulative sum over
+    sorted +1/-1 events and one ``searchsorted`` for all rows.
+    """
+
+    def __init__(self, group: np.ndarray, other: np.ndarray, t_ns: np.ndarray):
+        self.group, self.t = group.astype("int64"), t_ns
+        pair = self.group * (int(other.max(initial=0)) + 1) + other.astype("int64")
+        order = np.lexsort((t_ns, pair))
+        p, self.ts, self.gs = pair[order], t_ns[order], self.group[order]
+        new = np.ones(len(p), dtype=bool)
+        new[1:] = p[1:] != p[:-1]
+        self.first = new
+        self.last = np.ones(len(p), dtype=bool)
+        self.last[:-1] = new[1:]
+        self.gap = np.full(len(p), np.iinfo("int64").max, dtype="int64")
+        self.gap[1:] = np.where(new[1:], np.iinfo("int64").max, self.ts[1:] - self.ts[:-1])
+
+    def distinct(self, window_s: float) -> np.ndarray:
+        """Distinct peers per row (original row order) in ``(t - window, t]``."""
+        n = len(self.t)
+        if n == 0:
+            return np.zeros(0)
+        w = int(window_s * 1e9)
+        start = self.first | (self.gap > w)
+        end = self.last.copy()
+        end[:-1] |= start[1:]
+        ev_g = np.concatenate([self.gs[start], self.gs[end]])
+        ev_t = np.concatenate([self.ts[start], self.ts[end] + w])
+        ev_v = np.concatenate([np.ones(int(start.sum()), "int64"), -np.ones(int(end.sum()), "int64")])
+        eo = np.lexsort((ev_t, ev_g))
+        t0 = min(int(ev_t.min()), int(self.t.min()))
+        span = int(max(int(ev_t.max()), int(self.t.max())) - t0) // 1_000 + 2
+        unit = 1_000
+        if int(ev_g.max()) * span >= 2**62:  # too many hosts for microseconds: milliseconds
+            unit, span = 1_000_000, span // 1_000 + 2
+        ev_key = ev_g[eo] * span + (ev_t[eo] - t0) // unit
+        cs = np.cumsum(ev_v[eo])
+        q_key = self.group * span + (self.t - t0) // unit
+        idx = np.searchsorted(ev_key, q_key, side="right") - 1
+        return cs[np.maximum(idx, 0)].astype("float64")
 
 
 def _window_sum(values_sorted: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -86,11 +118,9 @@ class HostWindowFeatures(TransformerMixin, BaseEstimator):
       ``dst_conns``, ``dst_srcs`` (distinct originators: fan-in, high when the
       Internet knocks on one host) and ``dst_failed_share``.
 
-    Distinct counts are computed exactly for "new within the window": a peer
-    counts when the host had not talked to it in the ``w`` seconds before the
-    connection that falls in the window. That equals the true distinct count
-    whenever peers are not revisited at gaps just under ``w``, and never
-    exceeds it; it costs three sorts instead of a per-row set.
+    Distinct counts are exact (see :class:`PeerChains`); a row's window holds
+    the host's rows with ``t - w < t' <= t`` (times to the microsecond; rows
+    with the very same time are ordered by position).
 
     Only the frame passed to ``transform`` is seen: pass whole captures or
     store windows, not a handful of rows, or the context is empty.
@@ -128,35 +158,37 @@ class HostWindowFeatures(TransformerMixin, BaseEstimator):
         sc, suniq = codes(X, "conn_state")
         failed_table = np.array([str(v) in FAILED_STATES for v in suniq] + [False])
         failed = failed_table[np.where(sc < 0, len(suniq), sc)].astype("int64")
+        port = port - port.min(initial=0)
+        src_order, src_key, src_unit = sort_by_group(src, t)
+        dst_order, dst_key, dst_unit = sort_by_group(dst, t)
+        chains_dst, chains_port, chains_src = PeerChains(src, dst, t), PeerChains(src, port, t), PeerChains(dst, src, t)
+        fail_src, fail_dst = failed[src_order], failed[dst_order]
         cols: dict[str, np.ndarray] = {}
         for w in self.windows:
             sfx = f"_{int(w)}s"
-            order, lo = window_bounds(src, t, w)
-            count = (np.arange(len(order)) - lo + 1).astype("float64")
-            new_dst = fresh_flags(src, dst, t, w)[order]
-            new_port = fresh_flags(src, port, t, w)[order]
-            n_dst = np.maximum(_window_sum(new_dst, lo), 1)
-            n_port = np.maximum(_window_sum(new_port, lo), 1)
-            n_fail = _window_sum(failed[order], lo)
+            lo = window_starts(src_key, src_unit, w)
+            count = (np.arange(len(lo)) - lo + 1).astype("float64")
+            n_dst = np.maximum(chains_dst.distinct(w)[src_order], 1)
+            n_port = np.maximum(chains_port.distinct(w)[src_order], 1)
+            n_fail = _window_sum(fail_src, lo)
             out = {
                 f"src_conns{sfx}": np.log1p(count), f"src_dsts{sfx}": np.log1p(n_dst),
                 f"src_ports{sfx}": np.log1p(n_port), f"src_dst_share{sfx}": n_dst / count,
                 f"src_port_share{sfx}": n_port / count, f"src_failed_share{sfx}": n_fail / count,
             }
             for name, values in out.items():
-                cols[name] = np.empty(len(order))
-                cols[name][order] = values
+                cols[name] = np.empty(len(lo))
+                cols[name][src_order] = values
             # responder side: the same, keyed by the responder (fan-in)
-            order, lo = window_bounds(dst, t, w)
-            count = (np.arange(len(order)) - lo + 1).astype("float64")
-            new_src = fresh_flags(dst, src, t, w)[order]
-            n_src = np.maximum(_window_sum(new_src, lo), 1)
-            n_fail = _window_sum(failed[order], lo)
+            lo = window_starts(dst_key, dst_unit, w)
+            count = (np.arange(len(lo)) - lo + 1).astype("float64")
+            n_src = np.maximum(chains_src.distinct(w)[dst_order], 1)
+            n_fail = _window_sum(fail_dst, lo)
             out = {f"dst_conns{sfx}": np.log1p(count), f"dst_srcs{sfx}": np.log1p(n_src),
                    f"dst_failed_share{sfx}": n_fail / count}
             for name, values in out.items():
-                cols[name] = np.empty(len(order))
-                cols[name][order] = values
+                cols[name] = np.empty(len(lo))
+                cols[name][dst_order] = values
         return pd.DataFrame({k: cols[k] for k in self.feature_names_out_}, index=X.index)
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:

@@ -20,23 +20,23 @@ log = logging.getLogger(__name__)
 _REQUIRED = ("ts", "id.orig_h", "id.resp_h")
 
 
-def group_quantile(group: np.ndarray, values: np.ndarray, q: float, n_groups: int) -> np.ndarray:
-    """Linear-interpolated ``q`` quantile of ``values`` per dense group code (NaN values ignored).
-
-    One lexsort for every group at once; groups without values get NaN.
-    """
+def sorted_groups(group: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values sorted within each dense group code (NaN dropped), the groups' start offsets and sizes."""
     keep = ~np.isnan(values)
     g, v = group[keep], values[keep]
     order = np.lexsort((v, g))
-    v = v[order]
     counts = np.bincount(g, minlength=n_groups)
-    starts = np.cumsum(counts) - counts
-    out = np.full(n_groups, np.nan)
+    return v[order], np.cumsum(counts) - counts, counts
+
+
+def group_quantile(sorted_values: np.ndarray, starts: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:
+    """Linear-interpolated ``q`` quantile per group from :func:`sorted_groups`; NaN for empty groups."""
+    out = np.full(len(counts), np.nan)
     has = counts > 0
     pos = starts[has] + q * (counts[has] - 1)
     lo = np.floor(pos).astype("int64")
     hi = np.ceil(pos).astype("int64")
-    out[has] = v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    out[has] = sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
     return out
 
 
@@ -50,10 +50,10 @@ def bowley(q1: np.ndarray, q2: np.ndarray, q3: np.ndarray) -> np.ndarray:
 
 def _summary(group: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per group: median, Bowley skew and MAD (median absolute deviation from the median)."""
-    q1 = group_quantile(group, values, 0.25, n_groups)
-    q2 = group_quantile(group, values, 0.5, n_groups)
-    q3 = group_quantile(group, values, 0.75, n_groups)
-    mad = group_quantile(group, np.abs(values - q2[group]), 0.5, n_groups)
+    v, starts, counts = sorted_groups(group, values, n_groups)
+    q1, q2, q3 = (group_quantile(v, starts, counts, q) for q in (0.25, 0.5, 0.75))
+    dev, dstarts, dcounts = sorted_groups(group, np.abs(values - q2[group]), n_groups)
+    mad = group_quantile(dev, dstarts, dcounts, 0.5)
     return q2, bowley(q1, q2, q3), mad
 
 

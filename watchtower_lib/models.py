@@ -27,7 +27,7 @@ from sklearn.pipeline import Pipeline
 from ._model_store import (ALLOWED_TYPES, ModelVersion, VersionComparison, compare_versions, feature_names,
                            latest, load, new_version, prune, read_card, save, sha256_file, versions)
 from .errors import ModelError
-from .features import FeatureBaseline, build_features
+from .features import FeatureBaseline, build_features, join_logs
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def _binary_labels(y: Any) -> tuple[np.ndarray, np.ndarray]:
     return (num == 1).astype("int64"), ~np.isnan(num)
 
 
-def build_supervised(random_state: int = 0, *, n_estimators: int = 100, n_jobs: int | None = None,
-                     windows: tuple[float, ...] = (60.0, 3600.0)) -> Pipeline:
+def build_supervised(random_state: int = 0, *, n_estimators: int = 60, max_depth: int | None = 14,
+                     n_jobs: int | None = None, windows: tuple[float, ...] = (60.0, 3600.0)) -> Pipeline:
     """Unfitted pipeline: features -> baseline -> :class:`LabelForest` (class-weighted).
 
     ``class_weight="balanced_subsample"`` weighs each class by the inverse of
@@ -102,7 +102,7 @@ def build_supervised(random_state: int = 0, *, n_estimators: int = 100, n_jobs: 
     does not teach the forest that everything is an attack, nor the reverse.
     """
     forest = LabelForest(n_estimators=n_estimators, class_weight="balanced_subsample", min_samples_leaf=2,
-                         random_state=random_state, n_jobs=n_jobs)
+                         max_depth=max_depth, random_state=random_state, n_jobs=n_jobs)
     return Pipeline([("features", build_features(windows)), ("baseline", FeatureBaseline()),
                      ("forest", forest)]).set_output(transform="pandas")
 
@@ -221,13 +221,19 @@ def read_captures(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
     """Read labelled captures, each tagged with its own ``_sensor`` (its directory name) if it has none.
 
     Captures are kept apart so that two networks' 192.168.1.10 never share
-    a host window.
+    a host window. A ``dns.log`` (or ``dns.log.labeled``) beside a conn log
+    is joined by uid (:func:`watchtower_lib.features.join_logs`).
     """
+    from . import zeek
     from .labels import read_labelled
 
     out: dict[str, pd.DataFrame] = {}
     for p in map(Path, paths):
         df = read_labelled(p)
+        dns_file = next((d for d in (p.parent / n for n in ("dns.log.labeled", "dns.log", "dns.log.gz"))
+                         if d.is_file()), None)
+        if dns_file is not None:
+            df = join_logs(df, dns=zeek.read_log(dns_file))
         name = p.parent.name if p.parent.name else p.name
         while name in out:
             name += "+"
@@ -314,6 +320,8 @@ def retrain_unsupervised(store_dir: str | Path, end: Any, window_days: int = 7, 
     end_ts = end_ts.tz_localize(UTC) if end_ts.tzinfo is None else end_ts.tz_convert(UTC)
     start_ts = end_ts - timedelta(days=window_days)
     conn = store.load(store_dir, "conn", start_ts, end_ts)
+    if "dns" in store.log_types(store_dir):
+        conn = join_logs(conn, dns=store.load(store_dir, "dns", start_ts, end_ts, columns=["uid", "query", "rcode_name"]))
     alerted = _alerted_uids(alerts_db)
     is_alerted = conn["uid"].isin(alerted).fillna(False).to_numpy(dtype=bool) if alerted else np.zeros(len(conn), bool)
     if len(conn) - is_alerted.sum() < 2:
