@@ -115,23 +115,12 @@ def test_alert_id_is_the_documented_hash():
 # -- detect with the real models ----------------------------------------------------------------
 
 
-def labelled(path):
-    """A labelled capture with ``label`` in {benign, malicious, unknown} and ``detail``."""
-    try:
-        from watchtower_lib.labels import read_labelled
-    except ImportError:  # until watchtower_lib.labels lands: the same rule on the capture's own columns
-        frame = zeek.read_log(path)
-        label = frame["label"].str.lower()
-        return frame.assign(label=label.where(label.isin(["benign", "malicious"]), "unknown"),
-                            detail=frame["detailedlabel"])
-    return read_labelled(path)
-
-
 @pytest.fixture(scope="module")
 def trained(shared_data):
     """The forest trained on capture 008 (attacks on a Windows host), the isolation forest on
     capture 011's benign traffic with its 99th percentile as threshold: neither saw the nmap scan."""
     from watchtower_lib import models
+    from watchtower_lib.labels import read_labelled as labelled
 
     normal40 = labelled(shared_data / NORMAL40)
     supervised = models.build_supervised().fit(normal40, normal40["label"], forest__detail=normal40["detail"])
