@@ -374,3 +374,30 @@ def test_file_growing_during_ingest_is_not_committed(shared_data: Path, tmp_path
     assert _visible_parquet(target) == set() and _temp_files(target) == []
     monkeypatch.undo()
     assert store.ingest([log_file], target).rows_by_log_type == {"conn": 362}
+
+
+def test_text_width_change_between_reader_versions_is_not_a_conflict(
+        shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader moved text columns from string to large_string; stores written before must still load."""
+    import pyarrow as pa
+
+    def narrow(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(t):
+            return pa.string()
+        return pa.list_(narrow(t.value_type)) if pa.types.is_list(t) else t
+
+    real = zeek.iter_batches
+
+    def old_reader(path: Path, **kwargs: object):  # what the earlier reader version wrote
+        for batch in real(path, **kwargs):  # type: ignore[arg-type]
+            schema = pa.schema([f.with_type(narrow(f.type)) for f in batch.schema])
+            yield batch.cast(schema)
+
+    target = tmp_path / "store"
+    monkeypatch.setattr(zeek, "iter_batches", old_reader)
+    store.ingest([shared_data / RAT_CONN], target)
+    monkeypatch.undo()
+    store.ingest([shared_data / "scenarios/stratosphere-sdt/006-ssh-honeypot-rpi/conn.log"], target)
+    df = store.load(target, "conn")
+    assert len(df) == 361 + 18 and df["uid"].notna().all()
+    assert df["uid"].dtype == zeek.read_log(shared_data / RAT_CONN)["uid"].dtype

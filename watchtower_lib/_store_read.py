@@ -104,8 +104,20 @@ def _selected(store: Path, manifest: Manifest, log_type: str, start: pd.Timestam
     return chosen
 
 
+def _wide(t: pa.DataType) -> pa.DataType:
+    """string and large_string (and lists of them) are one type at different widths."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pa.large_string()
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.list_(_wide(t.value_type))
+    return t
+
+
 def unify_schemas(items: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
     """Union of columns in first-seen order; a null-typed column yields to a typed one.
+
+    Text columns written as ``string`` by one reader version and ``large_string``
+    by another are the same column; they are read as ``large_string``.
 
     Raises
     ------
@@ -118,7 +130,11 @@ def unify_schemas(items: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
             seen = fields.get(f.name)
             if seen is None or pa.types.is_null(seen[0].type):
                 fields[f.name] = (f, where)
-            elif not pa.types.is_null(f.type) and not seen[0].type.equals(f.type):
+            elif pa.types.is_null(f.type) or seen[0].type.equals(f.type):
+                continue
+            elif _wide(seen[0].type).equals(_wide(f.type)):
+                fields[f.name] = (seen[0].with_type(_wide(f.type)), seen[1])
+            else:
                 raise StoreError(
                     f"column {f.name!r} is {seen[0].type} in {seen[1]} but {f.type} in {where}; "
                     f"the files disagree on its Zeek type (re-ingest one of them into another store)")
