@@ -347,3 +347,17 @@ def test_cli_detect_without_models_fails_clearly(tmp_path, shared_data, monkeypa
         main(["--config", config, "detect"])
     assert exit_info.value.code == 2
     assert "Exit codes" in CliRunner().invoke(cli, ["detect", "--help"]).output
+
+
+def test_a_model_without_baseline_still_alerts_unexplained(scan, caplog):
+    from sklearn.ensemble import IsolationForest
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    def counters(frame):
+        return frame[["orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes"]].astype(float).fillna(0.0)
+
+    plain = Pipeline([("x", FunctionTransformer(counters)), ("iso", IsolationForest(random_state=0))]).fit(scan)
+    found = alerts.detect(scan, None, (plain, {"version": "plain", "threshold": 0.6}))
+    assert len(found) > 0 and (found["explanation_json"] == "[]").all()
+    assert "unknown alerts without explanations" in caplog.text

@@ -292,7 +292,11 @@ def _build(conn_df: pd.DataFrame, rows: np.ndarray, score: np.ndarray, kind: str
         return _empty_alerts()
     sub = conn_df.iloc[rows]
     uid = sub["uid"].astype("string").fillna("").to_numpy(dtype=object)
-    explained = _call_rows(models.explain, model, conn_df, rows, top=top)
+    try:
+        explained = _call_rows(models.explain, model, conn_df, rows, top=top)
+    except ModelError as exc:  # a pipeline without a baseline: the alerts matter more than their why
+        log.warning("%s alerts without explanations: %s", kind, exc)
+        explained = [[] for _ in rows]
     out = pd.DataFrame({
         "id": [alert_id(version, u, kind) for u in uid],
         "ts": _as_utc(sub["ts"]).to_numpy(),
@@ -314,6 +318,8 @@ def _build(conn_df: pd.DataFrame, rows: np.ndarray, score: np.ndarray, kind: str
 
 
 def _explain_text(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no explanation (the model keeps no feature baseline)"
     parts = []
     for item in items:
         effect = float(item.get("effect", 0.0))
