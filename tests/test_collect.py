@@ -474,3 +474,33 @@ def test_missing_paramiko_names_the_extra(monkeypatch, tmp_path):
     result = collect(_settings(tmp_path, sensor)).sensors[0]
     assert result.status == "failed"
     assert result.errors == ["paramiko is needed for this feature: pip install 'watchtower-zeek[ssh]'"]
+
+
+# ------------------------------------------------------------------ the sensor-side SHA-256
+def test_remote_sha256_checks_the_listed_range_of_a_log_that_kept_growing(sshd, remote, shared_data):
+    from watchtower_lib._collect_paths import RemoteFile
+    from watchtower_lib._sftp import SftpSource
+
+    data = (shared_data / ZAT / "conn.log").read_bytes()
+    (remote / "conn.log").write_bytes(data)  # listed at 20,000 bytes; Zeek has written more since
+    (remote / "dns.log").write_bytes((shared_data / ZAT / "dns.log").read_bytes())
+    listed = RemoteFile("conn.log", str(remote / "conn.log"), 20_000, 0)
+    whole = RemoteFile("dns.log", str(remote / "dns.log"), (remote / "dns.log").stat().st_size, 0)
+    source = SftpSource(_sensor(sshd, remote))
+    try:
+        verify = source.verifier([listed, whole])
+        assert verify(listed, hashlib.sha256(data[:20_000]).hexdigest()) is True
+        assert source.sha256_available is True
+        assert verify(whole, hashlib.sha256(b"not the file").hexdigest()) is False
+    finally:
+        source.close()
+
+
+def test_sha256sum_output_with_escaped_names_is_parsed():
+    from watchtower_lib._sftp import _parse_sha256sum
+
+    digest = "a" * 64
+    assert _parse_sha256sum(f"{digest}  /opt/zeek/logs/conn.log") == (digest, "/opt/zeek/logs/conn.log")
+    assert _parse_sha256sum(f"\\{digest}  /logs/odd\\nname\\\\x.log") == (digest, "/logs/odd\nname\\x.log")
+    assert _parse_sha256sum(f"{digest} */logs/binary-mode.log") == (digest, "/logs/binary-mode.log")
+    assert _parse_sha256sum("sha256sum: /logs/x.log: Permission denied") is None

@@ -87,7 +87,8 @@ class Manifest:
         try:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # NORMAL: a commit lost to a power cut only makes the next run fetch (or adopt) that file again
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot use the collection manifest ({exc}); move the file away "

@@ -260,14 +260,14 @@ class LocalSource:
                 remaining -= len(data)
                 yield data
 
-    def hasher(self, files: Sequence[RemoteFile]) -> Callable[[RemoteFile], str | None]:
-        """SHA-256 of the first ``size`` bytes of a file, read straight from the folder."""
-        def digest(rf: RemoteFile) -> str | None:
+    def verifier(self, files: Sequence[RemoteFile]) -> Callable[[RemoteFile, str], bool | None]:
+        """``verify(rf, sha256)``: whether the copy's digest matches the first ``size`` bytes in the folder."""
+        def verify(rf: RemoteFile, sha: str) -> bool | None:
             h = hashlib.sha256()
             for chunk in self.read_chunks(rf.path, 0, rf.size):
                 h.update(chunk)
-            return h.hexdigest()
-        return digest
+            return h.hexdigest() == sha
+        return verify
 
     def connection_lost(self) -> bool:
         return False

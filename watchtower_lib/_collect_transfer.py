@@ -10,7 +10,9 @@ The steps, and why:
    still match the remote file; for a file that *grew* (Zeek's ``current/``),
    start from a copy of the old complete file, so only the new tail travels.
 4. **Check** the size, and the SHA-256 against the sensor's ``sha256sum`` of
-   the same byte range when the sensor has one; **fsync**, then **rename**.
+   the same byte range when the sensor has one; **fsync**, then **rename**
+   (folders are fsynced once per batch: if a power cut loses a rename, the
+   manifest check sees the file missing and fetches it again).
 5. **Never overwrite silently**: an older copy at the final name (a file that
    grew, or was replaced by rotation) is first renamed to
    ``<stem>.prev-<UTC stamp><ext>`` and recorded in the manifest.
@@ -59,8 +61,8 @@ class Outcome:
 
 
 def sync_file(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sensor: str,
-              digest: Callable[[RemoteFile], str | None], on_bytes: Callable[[int], None],
-              stamp: str) -> Outcome:
+              verify: Callable[[RemoteFile, str], bool | None], on_bytes: Callable[[int], None],
+              stamp: str, synced_dirs: set[Path]) -> Outcome:
     """Make ``raw/<sensor>/<rf.rel>`` hold the remote file's current content.
 
     Raises
@@ -103,12 +105,11 @@ def sync_file(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sens
             raise ConnectionLost(f"{rf.rel}: connection lost after {got} of {rf.size} bytes")
         raise TransferError(f"{rf.rel}: got {got} of {rf.size} bytes; the file shrank on the sensor while it "
                             f"was read (rotated?); it is fetched again on the next run")
-    remote_sha = digest(rf)
-    if remote_sha is not None and remote_sha != sha:
+    if verify(rf, sha) is False:
         part.unlink()
         raise TransferError(f"{rf.rel}: SHA-256 of the download ({sha[:16]}...) differs from the sensor's "
-                            f"sha256sum ({remote_sha[:16]}...); the download was discarded and is fetched again "
-                            f"on the next run")
+                            f"sha256sum of the same {rf.size} bytes; the download was discarded and is fetched "
+                            f"again on the next run")
 
     kind, old_copy = "new", None
     if local_size is not None:
@@ -125,7 +126,10 @@ def sync_file(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sens
         log.info("%s/%s: %s on the sensor (%d -> %d bytes); the previous copy is kept as %s",
                  sensor, rf.rel, kind, local_size, rf.size, old_copy.name)
     os.replace(part, local)
-    _fsync_dir(local.parent)
+    if old_copy is not None:
+        fsync_dir(local.parent)
+    else:
+        synced_dirs.add(local.parent)  # the caller fsyncs each folder once, after its batch
     manifest.put(FileRecord(sensor, rf.rel, rf.size, rf.mtime, sha, local))
     return Outcome(kind, local, transferred=written, resumed_from=offset, old_copy=old_copy)
 
@@ -182,7 +186,7 @@ def _file_sha(path: Path, length: int | None = None) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -39,7 +39,7 @@ READ_SIZE = 255 * 1024  # below OpenSSH sftp-server's 256 KiB - 1 KiB cap on one
 MAX_REQUESTS = 48  # reads in flight per file: bounds memory to about 12 MB per transfer
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256SUM_LINE = re.compile(r"^(\\?)([0-9a-f]{64}) [ *](.*)$", re.S)
 _known_hosts_lock = threading.Lock()
 
 
@@ -200,7 +200,7 @@ class SftpSource:
         with self.sftp.open(path, "rb") as fh:
             fh.MAX_REQUEST_SIZE = READ_SIZE  # per file object: larger reads, fewer round trips
             fh.seek(offset)
-            if size > offset:
+            if size - offset > READ_SIZE:  # one read is enough for a small log: no prefetch thread
                 fh.prefetch(size, MAX_REQUESTS)
             remaining = size - offset
             while remaining > 0:
@@ -219,20 +219,58 @@ class SftpSource:
             return channel.closed or channel.eof_received
         return False
 
-    def hasher(self, files: Sequence[RemoteFile]) -> Callable[[RemoteFile], str | None]:
-        """Start hashing ``files`` on the sensor; the returned function waits for one file's digest.
+    def verifier(self, files: Sequence[RemoteFile]) -> Callable[[RemoteFile, str], bool | None]:
+        """Start hashing ``files`` on the sensor; the returned ``verify(rf, sha256)`` checks one download.
 
-        Returns None for a file whose digest is unavailable (no ``sha256sum`` or
-        no shell on the sensor, or the read failed there); such files are
-        checked by size only.
+        One ``sha256sum`` process hashes every file (no fork per file, which
+        would cost more than the transfer of a small log). It hashes whole
+        files; when a digest differs, the exact downloaded range is hashed
+        again with ``head -c SIZE`` (a Zeek ``current/`` log keeps growing after
+        it was listed). ``verify`` returns None when the sensor cannot tell
+        (no ``sha256sum``, no shell, or the file vanished there); such files
+        are checked by size only.
         """
         if self.sha256_available is False or not files:
-            return lambda rf: None
-        index = {rf.rel: i for i, rf in enumerate(files)}
+            return lambda rf, sha: None
+        wanted = [rf.path for rf in files]
         script = ["command -v sha256sum >/dev/null 2>&1 && command -v head >/dev/null 2>&1 "
                   "|| { echo WT-NO-SHA256; exit 0; }", "echo WT-SHA256-OK"]
-        for i, rf in enumerate(files):
-            script.append(f"printf '%s ' {i}; head -c {rf.size} -- {shlex.quote(rf.path)} 2>/dev/null | sha256sum")
+        for i in range(0, len(wanted), 200):
+            script.append("sha256sum -- " + " ".join(shlex.quote(p) for p in wanted[i:i + 200]) + " 2>/dev/null")
+        script.append("echo WT-SHA256-DONE")
+        channel = self._run_script(script)
+        if channel is None:
+            return lambda rf, sha: None
+        stream = channel.makefile("rb")
+        digests: dict[str, str] = {}
+        lock = threading.Lock()
+        state = {"open": True}
+
+        def read_until(path: str) -> None:
+            while state["open"] and path not in digests:
+                text = self._readline(stream, channel)
+                if text is None or text == "WT-SHA256-DONE" or not self.sha256_available:
+                    state["open"] = False
+                    channel.close()
+                    return
+                parsed = _parse_sha256sum(text)
+                if parsed is not None:
+                    digests[parsed[1]] = parsed[0]
+
+        def verify(rf: RemoteFile, sha: str) -> bool | None:
+            with lock:
+                read_until(rf.path)
+                whole = digests.pop(rf.path, None)
+            if whole is None:
+                return None
+            if whole == sha:
+                return True
+            exact = self._exact_sha256(rf)  # the file may have grown since it was listed
+            return None if exact is None else exact == sha
+        return verify
+
+    def _run_script(self, script: list[str]):
+        """``sh -s`` on the sensor fed ``script``; None when commands cannot run there."""
         try:
             channel = self.transport.open_session(timeout=self.sensor.connect_timeout)
             # a login shell that hangs in its rc files must not hold the transfers up for long
@@ -244,55 +282,47 @@ class SftpSource:
         except Exception as exc:  # exec not allowed (sftp-only account) or the like
             log.info("sensor %s: cannot run commands (%s); files are checked by size only", self.sensor.name, exc)
             self.sha256_available = False
-            return lambda rf: None
-        stream = channel.makefile("rb")
-        digests: dict[int, str | None] = {}
-        lock = threading.Lock()
-        state = {"open": True}
+            return None
+        return channel
 
-        def read_until(i: int) -> None:
-            while state["open"] and i not in digests:
-                try:
-                    line = stream.readline()
-                except (socket.timeout, OSError, EOFError) as exc:
-                    if self.sha256_available is None:
-                        log.warning("sensor %s: the sensor's shell did not answer within %.0fs (%s); files are "
-                                    "checked by size only", self.sensor.name, self.sensor.connect_timeout,
-                                    type(exc).__name__)
-                        self.sha256_available = False
-                    line = b""
-                if not line:
-                    state["open"] = False
-                    break
-                text = line.decode("utf-8", "replace").strip()
-                if text == "WT-NO-SHA256" or (self.sha256_available is None and text != "WT-SHA256-OK"):
-                    if self.sha256_available is None:
-                        log.info("sensor %s: no sha256sum/head on the sensor (or no shell: %r); files are "
-                                 "checked by size only", self.sensor.name, text[:80])
-                    self.sha256_available = False
-                    state["open"] = False
-                    break
-                if text == "WT-SHA256-OK":
-                    self.sha256_available = True
-                    channel.settimeout(self.sensor.transfer_timeout)
-                    continue
-                parts = text.split()
-                if len(parts) >= 2 and parts[0].isdigit() and _HEX64.match(parts[1]):
-                    digests[int(parts[0])] = parts[1]
-            if not state["open"]:
-                channel.close()
+    def _readline(self, stream, channel) -> str | None:
+        """The next line of a script's output, or None at its end; settles ``sha256_available``."""
+        try:
+            line = stream.readline()
+        except (socket.timeout, OSError, EOFError) as exc:
+            if self.sha256_available is None:
+                log.warning("sensor %s: the sensor's shell did not answer within %.0fs (%s); files are "
+                            "checked by size only", self.sensor.name, self.sensor.connect_timeout,
+                            type(exc).__name__)
+                self.sha256_available = False
+            return None
+        if not line:
+            return None
+        text = line.decode("utf-8", "surrogateescape").rstrip("\n")
+        if self.sha256_available is None:
+            if text == "WT-SHA256-OK":
+                self.sha256_available = True
+                channel.settimeout(self.sensor.transfer_timeout)
+                return self._readline(stream, channel)
+            log.info("sensor %s: no sha256sum/head on the sensor (or no shell: %r); files are checked by size "
+                     "only", self.sensor.name, text[:80])
+            self.sha256_available = False
+            return None
+        return text
 
-        def digest(rf: RemoteFile) -> str | None:
-            i = index.get(rf.rel)
-            if i is None:
-                return None
-            with lock:
-                read_until(i)
-                value = digests.pop(i, None)
-            if value == EMPTY_SHA256 and rf.size > 0:  # head failed on the sensor: nothing was hashed
-                return None
-            return value
-        return digest
+    def _exact_sha256(self, rf: RemoteFile) -> str | None:
+        """SHA-256 of exactly the first ``rf.size`` bytes on the sensor (one command)."""
+        channel = self._run_script([f"head -c {rf.size} -- {shlex.quote(rf.path)} 2>/dev/null | sha256sum"])
+        if channel is None:
+            return None
+        try:
+            text = self._readline(channel.makefile("rb"), channel)
+        finally:
+            channel.close()
+        parsed = _parse_sha256sum(text or "")
+        if parsed is None or (parsed[0] == EMPTY_SHA256 and rf.size > 0):  # head failed: nothing was hashed
+            return None
+        return parsed[0]
 
     def close(self) -> None:
         with self._lock:
@@ -303,3 +333,14 @@ class SftpSource:
                     pass
             self._channels.clear()
         self.client.close()
+
+
+def _parse_sha256sum(line: str) -> tuple[str, str] | None:
+    """(digest, file name) from one line of GNU/BusyBox ``sha256sum`` output, undoing GNU's escaping."""
+    match = _SHA256SUM_LINE.match(line)
+    if match is None:
+        return None
+    escaped, digest, name = match.groups()
+    if escaped:  # GNU: a leading backslash means the name has \\, \n or \r escaped
+        name = re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r", "\\": "\\"}.get(m.group(1), m.group(1)), name)
+    return digest, name

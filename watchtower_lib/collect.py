@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ._collect_manifest import Manifest
 from ._collect_paths import LocalSource, Refusal, RemoteFile, _reason, list_matching
-from ._collect_transfer import ConnectionLost, TransferError, sync_file
+from ._collect_transfer import ConnectionLost, TransferError, fsync_dir, sync_file
 from .config import SensorConfig, Settings
 from .errors import ConfigError, IntegrationError, MissingDependencyError
 
@@ -279,7 +279,8 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
     needed = [rf for rf in files if _needs_fetch(manifest, sensor.name, sensor_dir, rf)]
     planned_bytes = {rf.rel: rf.size for rf in needed}
     bar.plan(sum(planned_bytes.values()))
-    digest = source.hasher(needed)
+    verify = source.verifier(needed)
+    synced_dirs: set[Path] = set()
 
     def worker() -> None:
         while not stop.is_set():
@@ -289,7 +290,8 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
                 rf = todo.popleft()
             try:
                 planned = planned_bytes.get(rf.rel, 0)
-                outcome = sync_file(source, rf, sensor_dir, manifest, sensor.name, digest, bar.advance, stamp)
+                outcome = sync_file(source, rf, sensor_dir, manifest, sensor.name, verify, bar.advance, stamp,
+                                    synced_dirs)
             except ValueError as exc:
                 with lock:
                     result.refused.append(Refusal(rf.rel, str(exc)))
@@ -328,6 +330,8 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"collect-{sensor.name}") as pool:
             for future in [pool.submit(worker) for _ in range(n)]:
                 future.result()
+    for folder in synced_dirs:
+        fsync_dir(folder)
     return left + list(todo)
 
 
