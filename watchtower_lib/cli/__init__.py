@@ -26,6 +26,8 @@ _COMMANDS: dict[str, str] = {
     "schedule": "schedule:schedule",
     "report": "report:report",
     "es": "es:es",
+    "train": "train:train",
+    "evaluate": "evaluate:evaluate",
 }
 
 

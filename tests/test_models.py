@@ -1,0 +1,314 @@
+"""Models on real labelled captures: cross-capture quality, explanations, files, versions, CLI.
+
+Every quality figure here is measured on a capture the model never saw; the
+asserted floors sit a margin below what was measured (docs/detection.md).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from click.testing import CliRunner
+
+from watchtower_lib import _model_eval, models, store
+from watchtower_lib.cli import cli
+from watchtower_lib.errors import ModelError
+
+IOT = "labelled/iot23/CTU-IoT-Malware-Capture-34-1/conn.log.labeled.gz"
+NJRAT = "labelled/stratosphere-sdt/001-njrat-ctu-botnet-230-1/labeled-conn.log"
+C008 = "labelled/stratosphere-sdt/008-ctu-normal-40-day1/conn.log.labeled"
+C011 = "labelled/stratosphere-sdt/011-ctu-normal-43-day1/conn.log.labeled"
+
+
+@pytest.fixture(scope="module")
+def caps(shared_data):
+    return models.read_captures([shared_data / p for p in (IOT, NJRAT, C008, C011)])
+
+
+@pytest.fixture(scope="module")
+def names(caps):
+    return dict(zip(("iot", "njrat", "c008", "c011"), caps))
+
+
+@pytest.fixture(scope="module")
+def forest(caps, names):
+    """Forest trained on IoT-23 34-1 and 008 (with attack families)."""
+    data = pd.concat([caps[names["iot"]], caps[names["c008"]]], ignore_index=True)
+    return models.build_supervised(0).fit(data, data["label"], forest__detail=data["detail"])
+
+
+@pytest.fixture(scope="module")
+def iforest(caps, names):
+    data = pd.concat([caps[names["iot"]], caps[names["c008"]]], ignore_index=True)
+    return models.build_unsupervised(0).fit(data)
+
+
+# --------------------------------------------------------------- quality, by capture
+@pytest.mark.slow
+def test_forest_on_a_capture_it_never_saw(caps, names):
+    """Train on IoT-23 34-1, 001 and 008; evaluate on 011 (measured: PR-AUC 1.0000, recall 1.0000 at 1% FPR)."""
+    train = {k: v for k, v in caps.items() if k != names["c011"]}
+    report = _model_eval.evaluate(train, {names["c011"]: caps[names["c011"]]})
+    sup, uns = report["supervised"]["pooled"], report["unsupervised"]["pooled"]
+    assert sup["rows"] == 8722 and sup["malicious"] == 3951
+    assert sup["pr_auc"] >= 0.99
+    assert sup["recall_at_fpr_0.01"] >= 0.97
+    # the threshold chosen by leave-one-capture-out on the training captures only
+    assert sup["per_class"]["malicious"]["recall"] >= 0.95 and sup["fpr"] <= 0.01
+    # isolation forest on the training captures' benign rows (measured 0.946)
+    assert uns["roc_auc"] >= 0.90
+
+
+@pytest.mark.slow
+def test_the_iot23_capture_is_not_learnt_from_the_others(caps, names):
+    """Honest failure, documented in docs/detection.md: IoT-23's "benign" traffic holds 1,074
+    unanswered connection attempts (many to the C&C address) and its DDoS rows are zero-packet
+    OTH flows unlike anything in the other captures. Measured ROC-AUC 0.54, recall at 1% FPR 0.03."""
+    train = {k: v for k, v in caps.items() if k != names["iot"]}
+    report = _model_eval.evaluate(train, {names["iot"]: caps[names["iot"]]})
+    sup = report["supervised"]["pooled"]
+    assert sup["recall_at_fpr_0.01"] < 0.2
+    assert sup["roc_auc"] < 0.7
+
+
+def test_evaluation_refuses_a_capture_in_both_sets(caps, names):
+    one = {names["c008"]: caps[names["c008"]]}
+    with pytest.raises(ModelError, match="never saw"):
+        _model_eval.evaluate(one, one)
+
+
+def test_recall_at_fpr_picks_the_best_point_within_the_budget():
+    y = np.array([0] * 100 + [1] * 10, dtype=bool)
+    score = np.r_[np.linspace(0, 0.5, 100), np.linspace(0.3, 1.0, 10)]
+    recall, thr = _model_eval.recall_at_fpr(y, score, 0.01)
+    pred = score >= thr
+    assert (pred & ~y).sum() <= 1
+    assert recall == pytest.approx((pred & y).sum() / 10)
+
+
+# --------------------------------------------------------------- the supervised pipeline
+def test_unknown_rows_are_context_not_targets(caps, names, forest):
+    assert list(forest[-1].classes_) == [0, 1]
+    c008 = caps[names["c008"]]
+    assert len(models.training_rows(c008)) == len(c008) - 60  # 60 Background rows
+    n_train = len(models.training_rows(caps[names["iot"]])) + len(models.training_rows(c008))
+    assert forest[-1].estimators_[0].tree_.weighted_n_node_samples[0] > 0
+    assert forest.named_steps["baseline"].n_features_in_ == 103
+    proba = models.malicious_proba(forest, caps[names["c011"]])
+    assert proba.shape == (9048,) and ((proba >= 0) & (proba <= 1)).all()
+    assert n_train == 23145 + 5603
+
+
+def test_forest_needs_both_classes(caps, names):
+    only_bad = caps[names["iot"]]
+    only_bad = only_bad[only_bad["label"] == "malicious"]
+    with pytest.raises(ModelError, match="both benign and malicious"):
+        models.build_supervised(0).fit(only_bad, only_bad["label"])
+
+
+def test_attack_families(caps, names, forest):
+    assert set(forest[-1].family_classes_) == {"C&C", "DDoS", "PartOfAHorizontalPortScan",
+                                                "External-Attack-to-Device"}
+    c011 = caps[names["c011"]]
+    flagged = np.flatnonzero(models.malicious_proba(forest, c011) >= 0.5)
+    fam = models.predict_family(forest, c011, rows=flagged)
+    truth = c011["detail"].iloc[flagged].fillna("").to_numpy()
+    attacks = truth == "External-Attack-to-Device"
+    assert attacks.sum() > 3000
+    assert (fam[attacks] == "External-Attack-to-Device").mean() > 0.9
+
+
+def test_family_needs_detail_labels(caps, names):
+    data = caps[names["c008"]]
+    plain = models.build_supervised(0, n_estimators=5).fit(data, data["label"])
+    with pytest.raises(ModelError, match="families"):
+        models.predict_family(plain, data)
+
+
+def test_explanations_name_the_features_that_pushed_the_score(caps, names, forest):
+    c011 = caps[names["c011"]]
+    rows = np.flatnonzero(models.malicious_proba(forest, c011) >= 0.9)[:40]
+    explained = models.explain(forest, c011, top=3, rows=rows)
+    assert len(explained) == len(rows)
+    medians = models.baseline_medians(forest)
+    feats = forest[:-1].transform(c011)
+    for pos, items in zip(rows, explained):
+        assert len(items) == 3
+        assert [d["effect"] for d in items] == sorted((d["effect"] for d in items), reverse=True)
+        for d in items:
+            assert set(d) == {"feature", "value", "baseline_median", "effect"}
+            assert d["baseline_median"] == pytest.approx(medians[d["feature"]])
+            assert d["value"] == pytest.approx(feats[d["feature"]].iloc[pos])
+    # the strongest push is real: putting that feature at its median lowers P(malicious) by `effect`
+    first = explained[0][0]
+    assert first["effect"] > 0
+
+
+def test_anomaly_score_is_minus_score_samples_in_0_1(caps, names, iforest):
+    c011 = caps[names["c011"]]
+    score = models.anomaly_score(iforest, c011)
+    np.testing.assert_allclose(score, -iforest.score_samples(c011))
+    assert ((score > 0) & (score <= 1)).all()
+    explained = models.explain(iforest, c011, top=2, rows=[int(np.argmax(score))])
+    assert explained[0][0]["effect"] > 0
+
+
+# --------------------------------------------------------------- files, cards, versions
+def test_save_load_round_trip_and_refusals(tmp_path, caps, names, forest):
+    c011 = caps[names["c011"]]
+    path = models.save(forest, tmp_path / "v1", {"version": "v1", "threshold": 0.8})
+    card = json.loads((tmp_path / "v1" / "card.json").read_text())
+    assert card["features"] == models.feature_names(forest) and len(card["features"]) == 103
+    assert card["versions"]["scikit-learn"] and card["model_sha256"]
+    assert set(sio.get_untrusted_types(file=path)) <= models.ALLOWED_TYPES
+    loaded = models.load(tmp_path / "v1")
+    np.testing.assert_allclose(models.malicious_proba(loaded, c011), models.malicious_proba(forest, c011))
+
+    for field, value, message in [("versions", {"scikit-learn": "0.0.1"}, "scikit-learn 0.0.1"),
+                                  ("features", ["duration_log"], "other features")]:
+        bad = tmp_path / f"bad-{field}"
+        shutil.copytree(tmp_path / "v1", bad)
+        edited = dict(card, **{field: value})
+        (bad / "card.json").write_text(json.dumps(edited))
+        with pytest.raises(ModelError, match=message):
+            models.load(bad)
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tmp_path / "v1", tampered)
+    with open(tampered / "model.skops", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelError):
+        models.load(tampered)
+
+
+def test_a_file_with_foreign_types_is_refused(tmp_path):
+    from fractions import Fraction
+
+    sio.dump({"payload": Fraction(1, 3)}, tmp_path / "model.skops")
+    from watchtower_lib._model_store import library_versions
+
+    (tmp_path / "card.json").write_text(json.dumps({"versions": library_versions()}))
+    with pytest.raises(ModelError, match="allow-list.*fractions.Fraction"):
+        models.load(tmp_path)
+
+
+def test_missing_model_or_card(tmp_path):
+    with pytest.raises(ModelError, match="no model file"):
+        models.load(tmp_path)
+    assert models.latest(tmp_path, "supervised") is None
+
+
+@pytest.mark.slow
+def test_train_supervised_versions_and_card(tmp_path, shared_data):
+    paths = [shared_data / IOT, shared_data / C008]
+    v = models.train_supervised(paths, models_dir=tmp_path)
+    assert models.latest(tmp_path, "supervised") == v.path
+    card = v.card
+    assert card["training"]["rows"] == 23145 + 5603
+    assert card["training"]["class_counts"] == {"malicious": 21222 + 4201, "benign": 1923 + 1402, "unknown": 60}
+    assert [f["sha256"] for f in card["training"]["files"]] == [models.sha256_file(p) for p in paths]
+    assert card["metrics"]["protocol"] == "leave-one-capture-out"
+    assert set(card["metrics"]["per_capture"]) == {"CTU-IoT-Malware-Capture-34-1", "008-ctu-normal-40-day1"}
+    assert 0 < v.threshold <= 1
+    assert models.load(v.path)[-1].family_classes_.size == 4
+
+
+def _alerts_db(path, uids):
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE alerts (id TEXT PRIMARY KEY, uid TEXT, kind TEXT)")
+    con.executemany("INSERT INTO alerts VALUES (?, ?, 'known')", [(f"a{i}", u) for i, u in enumerate(uids)])
+    con.commit()
+    con.close()
+
+
+@pytest.mark.slow
+def test_retrain_unsupervised_leaves_out_alerted_traffic_and_keeps_k(tmp_path, shared_data):
+    st = tmp_path / "store"
+    store.ingest([shared_data / C008, shared_data / C011], st)
+    conn = store.load(st, "conn", "2022-06-12", "2022-06-14")
+    alerted = conn["uid"].drop_duplicates().iloc[:250].tolist()
+    db = tmp_path / "alerts.sqlite"
+    _alerts_db(db, alerted)
+    first = models.retrain_unsupervised(st, "2022-06-14", 2, models_dir=tmp_path / "m", alerts_db=db,
+                                        target_alert_rate=0.01, keep=2)
+    tr = first.card["training"]
+    assert tr["rows_total"] == len(conn)
+    assert tr["excluded_alerted"] == conn["uid"].isin(alerted).sum() >= 250
+    assert tr["rows"] == len(conn) - tr["excluded_alerted"]
+    assert first.card["metrics"]["training_alert_rate"] == pytest.approx(0.01, abs=0.002)
+    # a day later, no alerts file: everything is trained on, the old version is compared
+    second = models.retrain_unsupervised(st, "2022-06-14T12:00", 1, models_dir=tmp_path / "m", keep=2,
+                                         target_alert_rate=0.05)
+    third = models.retrain_unsupervised(st, "2022-06-14", 2, models_dir=tmp_path / "m", keep=2)
+    kept = models.versions(tmp_path / "m", "unsupervised")
+    assert [v.version for v in kept] == [second.version, third.version]
+    change = models.compare_versions(first, second)
+    assert change.threshold == (first.threshold, second.threshold)
+    assert change.training_rows == (tr["rows"], second.card["training"]["rows"])
+    assert list(change.drift.columns) == ["feature", "median_old", "median_new", "iqr_old", "shift"]
+    assert len(change.drift) == 103 and change.drift["shift"].is_monotonic_decreasing
+    assert "threshold" in change.summary()
+    model = models.load(third.path)
+    assert models.anomaly_score(model, conn).shape == (len(conn),)
+
+
+def test_retrain_on_an_empty_window_fails_clearly(tmp_path, shared_data):
+    st = tmp_path / "store"
+    store.ingest([shared_data / C008], st)
+    with pytest.raises(ModelError, match="unalerted conn rows"):
+        models.retrain_unsupervised(st, "2001-01-01", 7, models_dir=tmp_path / "m")
+
+
+def test_alerts_db_is_read_defensively(tmp_path):
+    from watchtower_lib.models import _alerted_uids
+
+    assert _alerted_uids(tmp_path / "absent.sqlite") == set()
+    odd = tmp_path / "odd.sqlite"
+    con = sqlite3.connect(odd)
+    con.execute("CREATE TABLE alerts (id TEXT)")
+    con.commit()
+    con.close()
+    assert _alerted_uids(odd) == set()
+    _alerts_db(tmp_path / "ok.sqlite", ["C1", "C2", None])
+    assert _alerted_uids(tmp_path / "ok.sqlite") == {"C1", "C2"}
+
+
+# --------------------------------------------------------------- CLI
+def test_cli_train_needs_a_mode():
+    result = CliRunner().invoke(cli, ["train"])
+    assert result.exit_code == 2 and "--supervised" in result.output
+
+
+@pytest.mark.slow
+def test_cli_train_supervised_writes_a_version(tmp_path, shared_data, monkeypatch):
+    monkeypatch.setenv("WATCHTOWER_MODELS_DIR", str(tmp_path / "models"))
+    result = CliRunner().invoke(cli, ["train", "--supervised", str(shared_data / C008), str(shared_data / C011)])
+    assert result.exit_code == 0, result.output
+    assert "supervised model" in result.output and "leave-one-capture-out: PR-AUC" in result.output
+    assert models.latest(tmp_path / "models", "supervised") is not None
+
+
+@pytest.mark.slow
+def test_cli_evaluate_reports_every_figure(tmp_path, shared_data):
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["evaluate", "--train", f"{shared_data / IOT},{shared_data / C008}",
+                                      "--test", str(shared_data / C011), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    for text in ("precision", "recall", "F1", "PR-AUC", "ROC-AUC", "recall at FPR<=1%", "confusion: TN"):
+        assert text in result.output
+    report = json.loads(out.read_text())
+    # measured: PR-AUC 1.0000, recall at 1% FPR 1.0000, Isolation Forest ROC-AUC 0.897
+    assert report["supervised"]["pooled"]["pr_auc"] >= 0.99
+    assert report["supervised"]["pooled"]["recall_at_fpr_0.01"] >= 0.97
+    assert report["unsupervised"]["pooled"]["roc_auc"] >= 0.85
+
+
+def test_cli_evaluate_refuses_overlap(shared_data):
+    result = CliRunner().invoke(cli, ["evaluate", "--train", str(shared_data / C008),
+                                      "--test", str(shared_data / C008)])
+    assert result.exit_code != 0
