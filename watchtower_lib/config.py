@@ -58,7 +58,7 @@ class SensorConfig:
     connect_timeout: float = 10.0
     transfer_timeout: float = 60.0  # seconds without progress before a transfer is abandoned
     retries: int = 3
-    parallel_files: int = 4  # files fetched at once per ssh sensor (SFTP channels on one connection)
+    parallel_files: int = 6  # files fetched at once per ssh sensor (SFTP channels on one connection)
 
     def password(self) -> str | None:
         """The password from the environment, read only when needed (never stored or logged)."""
