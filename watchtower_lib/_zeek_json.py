@@ -119,14 +119,15 @@ class JsonTyper:
     later batches are converted to it, so ``iter_batches`` never changes a type.
     """
 
-    def __init__(self, path: str, log_type: str | None) -> None:
+    def __init__(self, path: str, log_type: str | None, fallback: str | None = None) -> None:
         self.path = path
         self.log_type = log_type
+        self.fallback = fallback  # from the file name, used when rows carry no _path
         self.types: dict[str, str] = {}
 
     def table(self, batch: JsonBatch, errors: str) -> tuple[pa.Table, list[tuple[int, str]]]:
         if self.log_type is None and batch.rows:
-            self.log_type = batch.rows[0].get("_path") or None
+            self.log_type = batch.rows[0].get("_path") or self.fallback
         known = builtin_schema().get(self.log_type or "", {})
         names: dict[str, None] = dict.fromkeys(self.types)
         for row in batch.rows:

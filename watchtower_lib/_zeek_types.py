@@ -67,6 +67,7 @@ _CONTAINER = re.compile(r"^(set|vector|table)\[(.+)\]$")
 _INT = re.compile(rb"^[+-]?[0-9]+$")
 _FLOAT = re.compile(rb"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$|^[+-]?(?:inf|nan)$", re.I)
 _ESCAPE = re.compile(rb"\\(\\|x[0-9a-fA-F]{2})")
+_HEX_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 _ISO = re.compile(
     r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
 )
@@ -122,11 +123,18 @@ def unescape(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def unescape_json(text: str) -> str:
+    r"""Decode the ``\xNN`` bytes in a string from Zeek's JSON writer (invalid UTF-8 -> ``\xNN`` text)."""
+    raw = _HEX_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), text.encode("utf-8", "surrogatepass"))
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def seconds_to_ns(value: float) -> int:
     """Epoch or interval seconds -> integer nanoseconds, rounded to the microsecond."""
     if not math.isfinite(value):
         raise ValueError("not a finite number")
-    ns = math.floor(value * 1e6 + 0.5) * 1000  # the same rounding as the vectorised path
+    # half to even, as printf rounds the exact ties Zeek's TSV writer meets (JSON keeps all digits)
+    ns = round(value * 1e6) * 1000
     if not -_NS_LIMIT <= ns <= _NS_LIMIT:
         raise ValueError("outside the nanosecond range (years 1678-2262)")
     return ns
@@ -219,7 +227,11 @@ def _scalar_from_json(value: Any, inner: str) -> Any:
         if not isinstance(value, bool):
             raise ValueError("not a bool")
         return value
-    return value if isinstance(value, str) else _json_text(value)
+    if not isinstance(value, str):
+        return _json_text(value)
+    # Zeek's JSON writer spells bytes it cannot print as "\\xNN" text (a literal
+    # backslash stays a single backslash, unlike TSV's "\\\\")
+    return unescape_json(value) if "\\x" in value else value
 
 
 def _json_text(value: Any) -> str:

@@ -246,7 +246,7 @@ def read_arrow(path: PathLike, *, errors: str = "raise") -> pa.Table:
     fmt = _sniff(first, source.path)
     skipped: list[tuple[int, str]] = []
     if fmt == "json":
-        typer = _zeek_json.JsonTyper(source.path, None)
+        typer = _zeek_json.JsonTyper(source.path, None, _name_type(source.path))
         tables = []
         for batch in _zeek_json.iter_rows(chunks, source.path, errors, 1 << 16):
             table, dropped = typer.table(batch, errors)
@@ -309,22 +309,31 @@ def iter_batches(path: PathLike, *, batch_rows: int = 65_536, errors: str = "rai
     skipped: list[tuple[int, str]] = []
     rows = 0
     if fmt == "json":
-        typer = _zeek_json.JsonTyper(source.path, None)
+        typer = _zeek_json.JsonTyper(source.path, None, _name_type(source.path))
         for batch in _zeek_json.iter_rows(chunks, source.path, errors, batch_rows):
             table, dropped = typer.table(batch, errors)
             skipped += dropped
             rows += table.num_rows
             ltype = typer.log_type or _name_type(source.path)
-            yield from _finish(table, fmt, ltype, 0).to_batches(max_chunksize=batch_rows)
+            yield from _finish(table, fmt, ltype, 0).to_batches(max_chunksize=batch_rows)  # already batch_rows
     else:
         schema, ltype = _scan_schema(path, errors)
+        schema = _finish(schema.empty_table(), fmt, ltype, 0).schema
+        pending: list[pa.Table] = []
+        size = 0
         for seg in _zeek_tsv.iter_segments(chunks, source.path):
             result = _zeek_tsv.parse_segment(seg, source.path, errors)
             seg.lines = result.lines
             skipped += result.skipped
             rows += result.table.num_rows
-            table = _finish(_concat([result.table], schema), fmt, ltype, 0)
-            yield from table.to_batches(max_chunksize=batch_rows)
+            pending.append(_concat([result.table], schema))
+            size += result.table.num_rows
+            while size >= batch_rows:  # cut exact batches across segment boundaries
+                table = pa.concat_tables(pending)
+                yield table.slice(0, batch_rows).combine_chunks().to_batches()[0]
+                pending, size = [table.slice(batch_rows)], size - batch_rows
+        if size:
+            yield pa.concat_tables(pending).combine_chunks().to_batches()[0]
     _report(source, skipped, rows)
 
 
