@@ -1,0 +1,156 @@
+"""The phase notebooks: their shape (one typed, commented parameters cell; no logic; no paths), and a
+real run of phases 1-7 (then 0) through papermill on the sample data, with the report rendered.
+
+The run ingests the Stratosphere part of data/logs (7,870 real rows: nmap scan, Android RAT, Simda,
+SSH honeypot) and trains on data/labelled, so it stays under ~3 minutes on two cores.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+from conftest import require
+from watchtower_lib import config, render, runner
+from watchtower_lib.alert_store import AlertStore
+from watchtower_lib.errors import PhaseError
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+IMPORTS = {"watchtower_lib", "pandas", "plotly.express", "IPython.display"}
+SAMPLE = ROOT / "data/logs/stratosphere"
+
+
+def test_every_phase_has_its_notebook():
+    assert [p.stem for p in NOTEBOOKS] == list(runner.PHASES.values())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_is_typed_commented_and_parsed_by_papermill(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is next(c for c in nb.cells if c.cell_type == "code")
+    assigned = [node.target.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.AnnAssign)]
+    assert len(assigned) == len(ast.parse(tagged[0].source).body)  # only annotated assignments
+    declared = pm.inspect_notebook(str(path))
+    assert list(declared) == assigned  # papermill sees every one (a '=' in a comment would hide it)
+    for name, info in declared.items():
+        assert info["inferred_type_name"] in ("str", "int", "float", "bool", "list"), name
+        assert len(info["help"]) > 10, f"{name}: say what it is in a comment"
+    assert {"config_path", "output_dir"} <= set(declared)
+    number = int(path.stem[:2])
+    assert ({"start", "end"} <= set(declared)) == (number in runner.NEEDS_PERIOD)
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_thin_and_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for cell in code:
+        assert cell.outputs == [] and cell.execution_count is None, "commit notebooks with outputs cleared"
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), cell.source
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+                assert not text.startswith(("/", "~", "./", "../")) and "data/" not in text, f"hard-coded path {text!r}"
+                assert not re.search(r"\.(log|gz|json|yml|yaml|sqlite|parquet|ipynb)$", text), f"file name {text!r}"
+            if isinstance(node, ast.Import):
+                assert {a.name for a in node.names} <= IMPORTS, cell.source
+            if isinstance(node, ast.ImportFrom):
+                assert node.module in IMPORTS, cell.source
+    assert f'wt.runner.record_phase(output_dir, "{path.stem}"' in code[-1].source.replace("(\n    ", "(")
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+
+
+# ------------------------------------------------------------------ the real thing
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    home = tmp_path_factory.mktemp("pipeline")
+    cfg = home / "watchtower.yml"
+    cfg.write_text(f"data_dir: {ROOT / 'data'}\n", encoding="utf-8")
+    settings = config.load(cfg, env={})
+    record = runner.run_phases(settings, "1-7", parameters={"inputs": [str(SAMPLE)]})
+    return settings, record
+
+
+def test_pipeline_runs_all_seven_phases_on_real_data(pipeline):
+    settings, record = pipeline
+    assert record.ok and [p.status for p in record.phases] == ["ok"] * 7
+    assert record.period["label"] == "2022-W39"  # the week of the newest conn data (nmap scan, 2022-09-29)
+    figures = runner.read_phases(record.run_dir)
+    assert list(figures) == list(runner.PHASES.values())[1:]
+    assert figures["01_collect"]["sensors"] == 0 and figures["01_collect"]["files"] == 0
+    parse = figures["02_parse"]
+    assert parse["files_ingested"] == 8 and parse["rows"] == 7870  # per data/README.md
+    assert parse["rows_by_log_type"]["conn"] == 4504 + 361 + 992 + 18
+    assert figures["03_features"]["connections"] == 4504 and figures["03_features"]["n_features"] > 20
+    supervised = figures["04_supervised"]
+    assert (settings.models_dir / "supervised" / supervised["model_version"] / "card.json").is_file()
+    assert 0 < supervised["threshold"] < 1 and supervised["rows"] > 10000
+    unsupervised = figures["05_unsupervised"]
+    assert unsupervised["rows"] == 4504 and 0 < unsupervised["threshold"] < 1
+    detect = figures["06_detect"]
+    assert detect["rows"] == 4504 and detect["alerts"] == sum(detect["alerts_by_kind"].values()) > 0
+    assert detect["model_version"] == {"supervised": supervised["model_version"],
+                                       "unsupervised": unsupervised["model_version"]}
+    stored = AlertStore(settings.alerts_db).alerts(record.period["start"], record.period["end"])
+    assert len(stored) == detect["alerts"]
+    report = figures["07_weekly_report"]
+    assert report["alerts"] == detect["alerts"] and report["figures"]["connections"] == 4504
+    assert report["figures_before"]["connections"] == 0  # nothing in the store the week before
+    assert all(f["seconds"] > 0 for f in figures.values())
+    saved = json.loads((record.run_dir / "run.json").read_text())
+    assert saved["parameters"]["inputs"] == [str(SAMPLE)] and saved["status"] == "ok"
+
+
+def test_report_renders_from_the_run(pipeline):
+    require("CHROMIUM", bool(shutil.which("chromium") or shutil.which("chromium-browser")), "to print the PDF")
+    require("POPPLER", shutil.which("pdftotext") is not None, "to read the PDF")
+    settings, record = pipeline
+    files = render.render_report(record.notebook(7), render.report_dir(settings.reports_dir, "2022-W39"))
+    html = files.html.read_text(encoding="utf-8")
+    assert html.count('class="plotly-graph-div"') >= 7 and html.count("* plotly.js v") == 1
+    assert "cdn.plot.ly/plotly" not in html and "wt.report" not in html
+    text = subprocess.run(["pdftotext", str(files.pdf), "-"], capture_output=True, text=True, check=True).stdout
+    for heading in ("Watch Tower weekly report", "Period 2022-W39", "The week against the previous week",
+                    "Alerts over time", "Top alerted hosts", "Known attack families", "Unknown anomalies",
+                    "Behaviour changes", "Model health", "This run"):
+        assert heading in text, heading
+    pages = int(re.search(r"Pages:\s+(\d+)", subprocess.run(["pdfinfo", str(files.pdf)], capture_output=True,
+                                                               text=True).stdout)[1])
+    assert 3 <= pages <= 12
+
+
+def test_later_runs_reuse_the_store(pipeline):
+    settings, first = pipeline
+    again = runner.run_phases(settings, "2", parameters={"inputs": [str(SAMPLE)]})
+    parse = runner.read_phase(again.run_dir, "02_parse")
+    assert parse["files_ingested"] == 0 and parse["files_skipped"] == 8 and parse["store_rows"] == 7870
+    day = runner.run_phases(settings, "7", start="2022-09-29", end="2022-09-30")
+    report = runner.read_phase(day.run_dir, "07_weekly_report")
+    assert day.period["label"] == "2022-09-29_2022-09-29" and report["figures"]["connections"] == 4504
+    assert report["previous"]["start"] == "2022-09-28T00:00:00+00:00"
+    explore = runner.run_phases(settings, "0")
+    assert runner.read_phase(explore.run_dir, "00_explore")["alerts"] == \
+        runner.read_phase(first.run_dir, "06_detect")["alerts"]
+    outputs = [o for c in nbformat.read(explore.notebook(0), 4).cells for o in c.get("outputs", [])]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+def test_a_failing_real_phase_names_notebook_and_cell(pipeline, tmp_path):
+    settings, _ = pipeline
+    not_labelled = tmp_path / "conn.log.labeled"
+    shutil.copy(SAMPLE / "006-ssh-honeypot-rpi/ssh.log", not_labelled)  # a real log, but no label columns
+    with pytest.raises(PhaseError) as info:
+        runner.run_phases(settings, "4", parameters={"labelled_paths": [str(not_labelled)]})
+    assert info.value.phase == "04_supervised" and info.value.notebook.endswith("04_supervised.ipynb")
+    assert "train_supervised" in str(info.value) and info.value.cell_index is not None
