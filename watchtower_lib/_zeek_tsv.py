@@ -268,7 +268,7 @@ def _row_lines(data: memoryview | bytes, delim: bytes, nfields: int,
         elif n == nfields:
             rows.append(first_line + k)
         else:
-            bad.append((first_line + k, f"{n} fields, expected {nfields}"))
+            bad.append((first_line + k, f"{n} fields where #fields declares {nfields}"))
     return rows, blank, bad
 
 
@@ -299,9 +299,9 @@ def parse_segment(seg: Segment, path: str, errors: str) -> SegmentResult:
     lines = len(rows) + len(dropped)
     if dropped and errors == "raise":
         line, reason = dropped[0]
-        raise ZeekParseError(path, "row has the wrong number of fields", line=line,
+        raise ZeekParseError(path, f"row has the wrong number of fields ({reason})", line=line,
                              value=_lines_of(data)[line - seg.first_line].decode("utf-8", "backslashreplace"),
-                             expected=reason)
+                             expected=f"{len(block.fields)} fields separated by {block.markers.separator!r}")
     if table is None:
         table, bad = _slow_table(data, block, delim)
         for i in blank:  # blank lines are not data: drop them without complaint

@@ -260,6 +260,7 @@ def read_arrow(path: PathLike, *, errors: str = "raise") -> pa.Table:
         for seg in _zeek_tsv.iter_segments(chunks, source.path):
             if not blocks or blocks[-1] is not seg.block:
                 blocks.append(seg.block)
+                _zeek_tsv.unify(source.path, blocks)  # a type conflict stops us before its rows
             result = _zeek_tsv.parse_segment(seg, source.path, errors)
             seg.lines = result.lines
             parts.append(result.table)
