@@ -26,6 +26,7 @@ COMPONENTS = {
     "CHROMIUM": "headless Chromium: apt-get install chromium",
     "POPPLER": "pdftoppm: apt-get install poppler-utils",
     "SFTP": "the sftp client: apt-get install openssh-client",
+    "SYSTEMD": "systemd-analyze, to check printed systemd units: apt-get install systemd",
 }
 
 
@@ -55,6 +56,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         "CHROMIUM": bool(shutil.which("chromium") or shutil.which("chromium-browser")),
         "POPPLER": bool(shutil.which("pdftoppm")),
         "SFTP": bool(shutil.which("sftp")),
+        "SYSTEMD": bool(shutil.which("systemd-analyze")),
     }
     missing = [f"  - {name}: {COMPONENTS[name]}" for name, ok in present.items() if not ok]
     if not missing:
