@@ -375,6 +375,10 @@ def run_phases(settings: Settings, phases: str | list[int] = "1-7", start: str |
                 progress("failed", phase)
             raise PhaseError(phase.name, phase.notebook, message, cell_index=exc.cell_index,
                              ename=exc.ename, evalue=exc.evalue) from None
+        except KeyboardInterrupt:
+            phase.seconds = round(time.monotonic() - began, 3)
+            _fail(record, phase, f"phase {phase.name} interrupted; executed notebook so far: {phase.notebook}")
+            raise
         except Exception as exc:  # kernel died, timeout, unreadable notebook: still a failed phase
             phase.seconds = round(time.monotonic() - began, 3)
             message = (f"phase {phase.name} failed: {type(exc).__name__}: {exc}\n"
@@ -409,5 +413,7 @@ def _add_timing(run_dir: Path, phase: PhaseRecord) -> None:
     """Add the runner's wall time (kernel start included) to the phase's own record."""
     figures = read_phase(run_dir, phase.name)
     if figures:
-        figures["seconds"] = phase.seconds
-        record_phase(run_dir, phase.name, **{k: v for k, v in figures.items() if k != "phase"})
+        path = Path(run_dir) / f"{phase.name}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({**figures, "seconds": phase.seconds}, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
