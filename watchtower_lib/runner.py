@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import time
@@ -363,7 +364,7 @@ def run_phases(settings: Settings, phases: str | list[int] = "1-7", start: str |
         try:
             pm.execute_notebook(str(input_path), phase.notebook, parameters=params, kernel_name=kernel_name,
                                 progress_bar=progress_bar, cwd=str(run_dir), execution_timeout=execution_timeout,
-                                report_mode=False, request_save_on_cell_execute=True)
+                                report_mode=False, request_save_on_cell_execute=True, config=_kernel_config())
         except pm.PapermillExecutionError as exc:
             phase.seconds = round(time.monotonic() - began, 3)
             where = _failing_cell(Path(phase.notebook))
@@ -400,6 +401,17 @@ def run_phases(settings: Settings, phases: str | list[int] = "1-7", start: str |
     record.status, record.finished = "ok", dt.datetime.now(UTC).isoformat()
     record.save()
     return record
+
+
+def _kernel_config() -> Any:
+    """Kernels talk over Unix sockets where there are some: local only, and no "TCP without
+    encryption" warning from every kernel on the analyst's terminal."""
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
+    return config
 
 
 def _fail(record: RunRecord, phase: PhaseRecord, message: str, cell_index: int | None = None) -> None:
