@@ -127,7 +127,8 @@ class JsonTyper:
 
     def table(self, batch: JsonBatch, errors: str) -> tuple[pa.Table, list[tuple[int, str]]]:
         if self.log_type is None and batch.rows:
-            self.log_type = batch.rows[0].get("_path") or self.fallback
+            path_value = batch.rows[0].get("_path")
+            self.log_type = path_value if isinstance(path_value, str) and path_value else self.fallback
         known = builtin_schema().get(self.log_type or "", {})
         names: dict[str, None] = dict.fromkeys(self.types)
         for row in batch.rows:

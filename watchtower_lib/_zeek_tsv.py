@@ -223,19 +223,14 @@ def _delimiter(block: Block, data: memoryview) -> tuple[bytes, memoryview | byte
     return _PROXY_DELIM, bytes(data).replace(sep, _PROXY_DELIM)
 
 
-def _read(data: memoryview | bytes, block: Block, delim: bytes, types: dict[str, pa.DataType],
-          invalid: list[str] | None = None) -> pa.Table:
+def _read(data: memoryview | bytes, block: Block, delim: bytes, types: dict[str, pa.DataType]) -> pa.Table:
     """pyarrow.csv over one segment. Blank lines stay rows (of "") so pyarrow's row
-    count plus the invalid rows is the segment's line count."""
-
-    def on_invalid(row: pacsv.InvalidRow) -> str:
-        if invalid is not None:
-            invalid.append(row.text)
-        return "skip"
-
+    count is the segment's line count. A row with the wrong field count raises
+    ArrowInvalid and the segment goes to the slow path (pyarrow's invalid-row
+    callback is not used: it cannot pass rows that are not UTF-8)."""
     parse = pacsv.ParseOptions(
         delimiter=delim.decode("ascii"), quote_char=False, escape_char=False, double_quote=False,
-        newlines_in_values=False, ignore_empty_lines=False, invalid_row_handler=on_invalid,
+        newlines_in_values=False, ignore_empty_lines=False,
     )
     convert = pacsv.ConvertOptions(
         column_types=types, null_values=[block.markers.unset.decode("utf-8", "replace")],
@@ -279,11 +274,10 @@ def parse_segment(seg: Segment, path: str, errors: str) -> SegmentResult:
         return SegmentResult(block.schema().empty_table(), [], 0)
     delim, data = _delimiter(block, seg.data)
     table = None
-    invalid: list[str] = []
     try:
         types = {f: csv_type(t) for f, t in zip(block.fields, block.types)}
-        raw = _read(data, block, delim, types, invalid)
-        lines = raw.num_rows + len(invalid)
+        raw = _read(data, block, delim, types)
+        lines = raw.num_rows
         first = block.fields[0]
         if types[first] == STRING and pc.any(pc.equal(raw[first], "")).as_py():
             raise ValueError("blank line or empty value: take the slow path")
@@ -293,7 +287,7 @@ def parse_segment(seg: Segment, path: str, errors: str) -> SegmentResult:
             schema=block.schema())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
         table = None
-    if table is not None and not invalid:
+    if table is not None:
         return SegmentResult(table, [], lines)
     rows, blank, dropped = _row_lines(data, delim, len(block.fields), seg.first_line)
     lines = len(rows) + len(dropped)
@@ -320,12 +314,22 @@ def parse_segment(seg: Segment, path: str, errors: str) -> SegmentResult:
 
 def _slow_table(data: memoryview | bytes, block: Block,
                 delim: bytes) -> tuple[pa.Table, dict[int, tuple[str, str, str]]]:
-    """All columns read as bytes; each converted vectorised, else value by value."""
-    raw = _read(data, block, delim, {f: pa.binary() for f in block.fields})
+    """Rows split in Python (same rows as ``_row_lines``), each column converted
+    vectorised, else value by value. pyarrow is not used to split here: its
+    invalid-row callback fails on rows that are not UTF-8."""
+    n = len(block.fields)
+    unset = block.markers.unset
+    cells: list[list[bytes | None]] = [[] for _ in range(n)]
+    for text in _lines_of(data):
+        parts = text.split(delim) if text else [b""] * n
+        if len(parts) != n:
+            continue
+        for k, part in enumerate(parts):
+            cells[k].append(None if part == unset else part)
     columns = []
     bad: dict[int, tuple[str, str, str]] = {}
-    for name, ztype in zip(block.fields, block.types):
-        col = raw[name]
+    for k, (name, ztype) in enumerate(zip(block.fields, block.types)):
+        col = pa.chunked_array([pa.array(cells[k], pa.binary())])
         try:
             columns.append(finish_column(col.cast(csv_type(ztype)), ztype, block.markers))
             if not pc.any(pc.equal(col, b"")).as_py() or csv_type(ztype) == STRING:
