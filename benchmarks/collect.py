@@ -109,8 +109,10 @@ def main() -> None:
     try:
         data = work / "sensor-logs"
         count, size = build_corpus(data, args.size_mb)
-        print(f"corpus: {count} files, {size / 1e6:.1f} MB = the {len(list(SHARED.rglob('*')))} entries of "
-              f"{SHARED} copied {len(list(data.iterdir()))} times")
+        originals = sum(1 for p in SHARED.rglob("*") if p.is_file())
+        print(f"corpus: {count} files, {size / 1e6:.1f} MB = the {originals} files of {SHARED} "
+              f"copied {len(list(data.iterdir()))} times; load average {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} CPUs")
         with SshServer(work / "sshd") as server:
             ours, theirs = [], []
             for r in range(args.rounds):
@@ -128,6 +130,7 @@ def main() -> None:
                             assert tree_digest(data) == tree_digest(out / data.name), "sftp output differs"
                     print(f"round {r + 1} {name}: {(ours if name == 'ours' else theirs)[-1]:.2f} s")
                     shutil.rmtree(out, ignore_errors=True)
+        print(f"load average now {os.getloadavg()[0]:.1f}")
         mo, ms = statistics.median(ours), statistics.median(theirs)
         print(f"median: watchtower collect {mo:.2f} s ({size / 1e6 / mo:.0f} MB/s), "
               f"sftp {ms:.2f} s ({size / 1e6 / ms:.0f} MB/s); ratio {mo / ms:.2f}x (target <= 1.2x)")

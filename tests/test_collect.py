@@ -287,6 +287,64 @@ def test_cut_connection_is_retried_within_the_run(sshd, remote, shared_data, tmp
     assert any("retry 1 of 2" in r.getMessage() for r in caplog.records)
 
 
+def test_stalled_transfer_times_out_and_resumes_on_a_new_connection(sshd, remote, shared_data, tmp_path, caplog):
+    import signal
+
+    big = _big_log(remote, shared_data)
+    monkey_backoff = pytest.MonkeyPatch()
+    monkey_backoff.setattr("watchtower_lib.collect.BACKOFF_BASE", 0.2)
+    settings = _settings(tmp_path, _sensor(sshd, remote, retries=1, parallel_files=1, transfer_timeout=1.0))
+    part = tmp_path / "raw" / "edge" / ".big.log.gz.part"
+    frozen: list[int] = []
+
+    def freeze() -> None:  # SIGSTOP the session: the connection stays open but no byte moves
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if part.exists() and part.stat().st_size >= 2 * 1024 * 1024:
+                frozen.extend(sshd.session_pids())
+                for pid in frozen:
+                    os.kill(pid, signal.SIGSTOP)
+                return
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=freeze, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="watchtower_lib.collect"):
+            result = collect(settings).sensors[0]
+    finally:
+        watcher.join()
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        monkey_backoff.undo()
+    assert frozen, "the session was not frozen"
+    assert result.status == "ok", result.errors
+    assert len(result.resumed) == 1 and result.resumed[0][1] > 0
+    assert _sha(tmp_path / "raw" / "edge" / "big.log.gz") == _sha(big)
+    assert any("retry 1 of 1" in r.getMessage() for r in caplog.records)
+    assert time.monotonic() - started < 30
+
+
+def test_silent_port_hits_the_connect_timeout(remote, tmp_path):
+    import socket
+
+    with socket.socket() as silent:  # accepts TCP, never says SSH-2.0
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        sensor = SensorConfig(name="mute", host="127.0.0.1", port=silent.getsockname()[1], remote_dir=str(remote),
+                              connect_timeout=1.0, retries=0, known_hosts=tmp_path / "known_hosts")
+        started = time.monotonic()
+        result = collect(_settings(tmp_path, sensor)).sensors[0]
+    assert time.monotonic() - started < 10
+    assert result.status == "failed"
+    assert "gave up after 1 attempt(s)" in result.errors[0], result.errors
+    assert any(word in result.errors[0].lower() for word in ("banner", "timed out", "timeout")), result.errors
+
+
 # ------------------------------------------------------------------ host keys
 def test_unknown_host_key_is_refused_with_how_to_add_it(sshd, remote, shared_data, tmp_path):
     _populate(remote, shared_data)

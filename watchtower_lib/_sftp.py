@@ -64,7 +64,8 @@ def known_hosts_path(sensor: SensorConfig) -> Path:
 
 
 def host_entry(sensor: SensorConfig) -> str:
-    return sensor.host if sensor.port == 22 else f"[{sensor.host}]:{sensor.port}"
+    host = sensor.host or ""
+    return host if sensor.port == 22 else f"[{host}]:{sensor.port}"
 
 
 def _fingerprint(key) -> str:
@@ -146,6 +147,18 @@ def connect(sensor: SensorConfig):
                         f"the login with {how} ({exc})") from None
     except HostKeyError:
         client.close()
+        raise
+    except paramiko.SSHException as exc:
+        # when the transport thread died first (banner timeout, reset), paramiko reports only the
+        # follow-on "No existing session"; the transport's own exception says what happened
+        transport = client.get_transport()
+        cause = getattr(transport, "saved_exception", None)
+        client.close()
+        if isinstance(cause, Exception) and cause is not exc:
+            raise cause from None
+        if str(exc) == "No existing session":  # start_client gave up waiting: the handshake is too slow
+            raise TimeoutError(f"no SSH handshake from {host_entry(sensor)} within connect_timeout "
+                               f"{sensor.connect_timeout:g}s (is an SSH server listening there?)") from None
         raise
     except Exception:
         client.close()

@@ -32,12 +32,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._collect_manifest import Manifest
 from ._collect_paths import LocalSource, Refusal, RemoteFile, _reason, list_matching
 from ._collect_transfer import ConnectionLost, TransferError, fsync_dir, sync_file
 from .config import SensorConfig, Settings
 from .errors import ConfigError, IntegrationError, MissingDependencyError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import IngestReport
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +161,7 @@ def collect(settings: Settings, sensor: str | None = None, *, progress: bool = F
     return CollectReport(results)
 
 
-def ingest_new(report: CollectReport, settings: Settings, *, progress: bool = False) -> dict[str, object]:
+def ingest_new(report: CollectReport, settings: Settings, *, progress: bool = False) -> dict[str, IngestReport]:
     """Hand each sensor's newly collected files to the store (what ``watchtower collect --ingest`` does).
 
     Unreadable files are recorded in each ``IngestReport.errors`` rather than
@@ -170,7 +174,7 @@ def ingest_new(report: CollectReport, settings: Settings, *, progress: bool = Fa
     """
     from . import store
 
-    done: dict[str, object] = {}
+    done: dict[str, IngestReport] = {}
     for result in report.sensors:
         if result.new_paths:
             done[result.name] = store.ingest(result.new_paths, settings.store_dir, sensor=result.name,

@@ -42,8 +42,8 @@ def collect(ctx: click.Context, sensor: str | None, do_ingest: bool, progress: b
     show = sys.stderr.isatty() if progress is None else progress
     report = run_collect(settings, sensor, progress=show)
     headers = ["sensor", "status", "files", "bytes", "seconds", "unchanged", "errors"]
-    rows = [[r["sensor"], r["status"], r["files"], r["bytes"], float(r["seconds"]), r["unchanged"], r["errors"]]
-            for r in report.rows()]
+    rows = [[s.name, s.status, s.files, s.bytes, round(s.seconds, 1), s.unchanged, len(s.errors) + len(s.refused)]
+            for s in report.sensors]
     click.echo(format_table(headers, rows))
     for result in report.sensors:
         for refusal in result.refused:
@@ -55,10 +55,10 @@ def collect(ctx: click.Context, sensor: str | None, do_ingest: bool, progress: b
         ingested = ingest_new(report, settings, progress=show)
         if not ingested:
             click.echo("--ingest: no new files to add to the store")
-        for name, result in ingested.items():
-            click.echo(f"{name}: {result.files_ingested} file(s) ingested, {result.files_skipped} already in "
-                       f"the store, {result.rows:,} rows -> {settings.store_dir}")
-            for path, message in result.errors.items():
+        for name, stored in ingested.items():
+            click.echo(f"{name}: {stored.files_ingested} file(s) ingested, {stored.files_skipped} already in "
+                       f"the store, {stored.rows:,} rows -> {settings.store_dir}")
+            for path, message in stored.errors.items():
                 click.echo(f"{name}: not ingested: {path}: {message}", err=True)
                 failed = True
     if failed:
