@@ -255,7 +255,7 @@ def drift_figure(drift: pd.DataFrame | None, title: str = "Feature drift against
     """
     import plotly.graph_objects as go
 
-    if _empty(drift) or drift["psi"].dropna().empty:
+    if drift is None or drift.empty or drift["psi"].dropna().empty:
         return empty_figure(title)
     data = drift.dropna(subset=["psi"])
     colours = ["#d7301f" if v >= PSI_SHIFTED else "#fc8d59" if v >= PSI_MODERATE else "#74c476"
