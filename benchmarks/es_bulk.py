@@ -75,14 +75,36 @@ def run_default(client, df: pd.DataFrame, index: str) -> float:
     return elapsed
 
 
+def check(client, index: str, expected: int) -> None:
+    """Count what landed, show the node's own indexing time, then drop the indices."""
+    client.indices.refresh(index=index)
+    count = client.count(index=index)["count"]
+    ix = client.indices.stats(index=index, metric="indexing")["_all"]["primaries"]["indexing"]
+    print(f"    {index}: {count:,} documents, node-side indexing time {ix['index_time_in_millis'] / 1000:.1f}s")
+    assert count == expected, (index, count, expected)
+    client.indices.delete(index=index)
+
+
+def cleanup(client) -> None:
+    client.indices.delete(index="wt-bench-*", ignore_unavailable=True, allow_no_indices=True)
+    for name in [t["name"] for t in client.indices.get_index_template(name="wt-bench-*")["index_templates"]] \
+            if client.indices.exists_index_template(name="wt-bench-*") else []:
+        client.indices.delete_index_template(name=name)
+    for name in [t["name"] for t in client.cluster.get_component_template(name="wt-bench-*")
+                 ["component_templates"]] if client.cluster.exists_component_template(name="wt-bench-*") else []:
+        client.cluster.delete_component_template(name=name)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--docs", type=int, default=1_000_000)
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="real conn log to tile")
     ap.add_argument("--url", default=os.environ.get("WATCHTOWER_ES_URL"))
-    ap.add_argument("--chunk-size", type=int, default=2000)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chunk-size", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--skip-default", action="store_true", help="only the tuned run")
+    ap.add_argument("--sweep", default=None,
+                    help="tuned runs to compare, CHUNKxTHREADS,... (e.g. 2000x2,5000x4); default: one run")
     args = ap.parse_args()
 
     state = None
@@ -98,38 +120,40 @@ def main() -> int:
         settings = dataclasses.replace(settings, elasticsearch=dataclasses.replace(
             settings.elasticsearch, index_prefix="wt-bench", request_timeout=120.0))
         client = wes.client(settings)
-        client.indices.delete(index="wt-bench-*", ignore_unavailable=True, allow_no_indices=True)
-        wes.install_templates(client, settings=settings)
+        cleanup(client)
         base = read_log(args.source)
         df = tile(base, args.docs)
         print(f"{len(df):,} conn records: {args.source.name} ({len(base):,} real rows) tiled "
               f"{-(-len(df) // len(base))} times, ts shifted per copy")
 
-        results = {}
+        results: dict[str, float] = {}
         if not args.skip_default:
             elapsed = run_default(client, df, "wt-bench-default")
             results["default"] = len(df) / elapsed
             print(f"default helpers.bulk (500/request, 1 thread, refresh 1s): {elapsed:7.1f}s "
                   f"{results['default']:9,.0f} docs/s")
-        t0 = time.perf_counter()
-        report = wes.index_logs(df, "conn", es=client, settings=settings, chunk_size=args.chunk_size,
-                                threads=args.threads, bulk_load=True)
-        elapsed = time.perf_counter() - t0
-        assert report.created == len(df) and report.failed == 0, report
-        results["tuned"] = len(df) / elapsed
-        print(f"tuned index_logs ({args.chunk_size}/request, {args.threads} threads, refresh off): "
-              f"{elapsed:7.1f}s {results['tuned']:9,.0f} docs/s")
-        client.indices.refresh(index="wt-bench-*")
-        counts = {i["index"]: int(i["docs.count"]) for i in client.cat.indices(index="wt-bench-*", format="json")}
-        print("documents per index:", dict(sorted(counts.items())))
-        stats = client.indices.stats(index="wt-bench-*", metric="indexing")["indices"]
-        for name, body in sorted(stats.items()):
-            ix = body["primaries"]["indexing"]
-            print(f"  {name}: server-side indexing time {ix['index_time_in_millis'] / 1000:.1f}s "
-                  f"for {ix['index_total']:,} documents")
+            check(client, "wt-bench-default", len(df))
+        configs = [(args.chunk_size, args.threads)]
+        if args.sweep:
+            configs = [tuple(int(x) for x in item.split("x")) for item in args.sweep.split(",")]
+        for k, (chunk_size, threads) in enumerate(configs):
+            run_settings = dataclasses.replace(settings, elasticsearch=dataclasses.replace(
+                settings.elasticsearch, index_prefix=f"wt-bench-t{k}"))
+            wes.install_templates(client, settings=run_settings)
+            t0 = time.perf_counter()
+            report = wes.index_logs(df, "conn", es=client, settings=run_settings, chunk_size=chunk_size,
+                                    threads=threads, bulk_load=True)
+            elapsed = time.perf_counter() - t0
+            assert report.created == len(df) and report.failed == 0, report
+            rate = len(df) / elapsed
+            results["tuned"] = max(results.get("tuned", 0.0), rate)
+            print(f"tuned index_logs ({chunk_size}/request, {threads} threads, refresh off): "
+                  f"{elapsed:7.1f}s {rate:9,.0f} docs/s"
+                  + (f"  {rate / results['default']:.2f}x" if "default" in results else ""))
+            check(client, f"wt-bench-t{k}-*", len(df))
         if "default" in results:
-            print(f"ratio tuned/default: {results['tuned'] / results['default']:.2f}x")
-        client.indices.delete(index="wt-bench-*", ignore_unavailable=True, allow_no_indices=True)
+            print(f"ratio best tuned/default: {results['tuned'] / results['default']:.2f}x")
+        cleanup(client)
     finally:
         if state:
             subprocess.run([str(ROOT / "scripts" / "es-node"), "stop", "--state", state], capture_output=True)

@@ -176,7 +176,7 @@ class BulkReport:
 
 
 def index_logs(df: pd.DataFrame, log_type: str, *, es: Elasticsearch | None = None,
-               settings: Settings | None = None, chunk_size: int = 2000, threads: int = 2,
+               settings: Settings | None = None, chunk_size: int = 1000, threads: int = 4,
                bulk_load: bool | None = None, refresh: bool = False) -> BulkReport:
     """Index a parsed Zeek log (``watchtower_lib.zeek.read_log``) as ECS documents.
 
@@ -257,7 +257,7 @@ def index_alerts(alerts: pd.DataFrame, *, es: Elasticsearch | None = None,
 
 def sync_store(store_dir: str | Path | None = None, *, start: Any = None, end: Any = None,
                log_types: Iterable[str] | None = None, es: Elasticsearch | None = None,
-               settings: Settings | None = None, threads: int = 2) -> dict[str, BulkReport]:
+               settings: Settings | None = None, threads: int = 4) -> dict[str, BulkReport]:
     """Copy the Parquet store (all of it, or ``start <= ts < end``) into Elasticsearch.
 
     How a run catches up after Elasticsearch was down: the store has every row,

@@ -45,7 +45,7 @@ def install_templates(ctx: click.Context) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--log-type", default=None,
               help="Zeek log type (conn, dns, ...). Default: the #path in each file's header.")
-@click.option("--threads", default=2, show_default=True, help="Bulk requests in flight at once.")
+@click.option("--threads", default=4, show_default=True, help="Bulk requests in flight at once.")
 @click.pass_context
 def index(ctx: click.Context, paths: tuple[Path, ...], log_type: str | None, threads: int) -> None:
     """Index Zeek log files (TSV or JSON, .gz too) into Elasticsearch.
