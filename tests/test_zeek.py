@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from watchtower_lib import zeek
+from watchtower_lib import _zeek_io, zeek
 from watchtower_lib.errors import ZeekParseError
 
 NOT_LOGS = {"PROVENANCE.md", "labels.config"}
@@ -197,7 +197,7 @@ def test_iter_batches_matches_read_arrow(shared_data: Path) -> None:
 
 def test_iter_batches_bounded_memory_chunking(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With tiny chunks the reader still cuts rows correctly: no chunk ever holds the whole file."""
-    monkeypatch.setattr(zeek, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(_zeek_io, "CHUNK_BYTES", 4096)
     path = shared_data / "labelled/stratosphere-sdt/008-ctu-normal-40-day1/conn.log.labeled"
     sizes = []
     source = zeek._Source(path, "raise")
@@ -208,7 +208,7 @@ def test_iter_batches_bounded_memory_chunking(shared_data: Path, monkeypatch: py
     assert rows == 5663
     monkeypatch.undo()
     small = zeek.read_arrow(path)
-    monkeypatch.setattr(zeek, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(_zeek_io, "CHUNK_BYTES", 4096)
     assert zeek.read_arrow(path).equals(small)
 
 

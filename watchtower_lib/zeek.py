@@ -32,15 +32,17 @@ import logging
 import os
 import re
 import warnings
-import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from . import _zeek_json, _zeek_tsv
+from ._zeek_io import Source as _Source
+from ._zeek_io import name_type as _name_type
+from ._zeek_io import peek as _peek
+from ._zeek_io import sniff as _sniff
 from ._zeek_types import arrow_type
-from .errors import ZeekParseError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -49,152 +51,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["read_log", "read_arrow", "iter_batches", "log_type", "zeek_type_of", "ZeekDataWarning"]
 
-CHUNK_BYTES = 16 << 20  # bytes handed to pyarrow at a time: bounds memory, keeps both cores busy
-_GZIP_MAGIC = b"\x1f\x8b"
 PathLike = str | os.PathLike[str]
 
 
 class ZeekDataWarning(UserWarning):
     """Rows were dropped (``errors="skip"``) or a damaged gzip was read only up to the damage."""
-
-
-# ------------------------------------------------------------------ bytes in
-class _Source:
-    """Decompressed bytes of a file, in chunks; gzip is read with zlib so damage is survivable.
-
-    ``gzip.GzipFile.read`` loses everything decoded in a call that hits a truncated
-    stream; decoding compressed blocks ourselves keeps every complete line before it.
-    """
-
-    def __init__(self, path: PathLike, errors: str) -> None:
-        self.path = os.fspath(path)
-        self.errors = errors
-        self.damaged: str | None = None
-
-    def chunks(self) -> Iterator[tuple[bytes | bytearray, int]]:
-        """``(buffer, n)`` pairs: ``buffer[:n]`` is the next piece of the file, ending at a
-        line break (except at EOF). A plain file reuses one buffer, so read each piece
-        before asking for the next (fresh 16 MB buffers cost page faults on every chunk)."""
-        try:
-            f = open(self.path, "rb")
-        except OSError as exc:
-            raise ZeekParseError(self.path, f"cannot open the file ({exc.strerror or exc})") from None
-        with f:
-            gz = f.read(2) == _GZIP_MAGIC
-            f.seek(0)
-            if gz:
-                for data in self._gunzip(f):
-                    yield data, len(data)
-            else:
-                yield from self._plain(f)
-
-    @staticmethod
-    def _plain(f: Any) -> Iterator[tuple[bytearray, int]]:
-        buf = bytearray(CHUNK_BYTES)
-        carry = b""
-        while True:
-            if len(buf) < len(carry) + CHUNK_BYTES // 2:  # a very long line: grow
-                buf = bytearray(len(carry) + CHUNK_BYTES)
-            buf[: len(carry)] = carry
-            n = f.readinto(memoryview(buf)[len(carry):])
-            end = len(carry) + n
-            if n == 0:
-                if carry:
-                    yield buf, end
-                return
-            cut = buf.rfind(b"\n", 0, end) + 1
-            if cut == 0:  # no line break yet: keep reading
-                carry = bytes(buf[:end])
-                continue
-            carry = bytes(buf[cut:end])
-            yield buf, cut
-
-    def _gunzip(self, f: Any) -> Iterator[bytes]:
-        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        carry = b""
-        total = 0
-        pending: list[bytes] = []
-        size = 0
-        while True:
-            comp = f.read(1 << 20)
-            try:
-                if not comp:
-                    if not d.eof and (total or size or carry or d.unconsumed_tail):
-                        raise zlib.error("compressed stream ends before its end marker")
-                    break
-                out = [d.decompress(comp)]
-                while d.eof and d.unused_data:  # concatenated gzip members (cat a.gz b.gz)
-                    rest = d.unused_data
-                    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-                    out.append(d.decompress(rest))
-            except zlib.error as exc:
-                self._damage(f"gzip data is truncated or corrupt after {total + size} decompressed bytes ({exc})")
-                data = carry + b"".join(pending)
-                if data.rfind(b"\n") >= 0:  # keep only complete lines before the damage
-                    yield data[: data.rfind(b"\n") + 1]
-                return
-            pending += out
-            size += sum(map(len, out))
-            if size >= CHUNK_BYTES:
-                data = carry + b"".join(pending)
-                cut = data.rfind(b"\n") + 1
-                if cut:
-                    carry, pending, total, size = data[cut:], [], total + size, 0
-                    yield data[:cut]
-        tail = carry + b"".join(pending)
-        if tail:
-            yield tail
-
-    def _damage(self, message: str) -> None:
-        if self.errors == "raise":
-            raise ZeekParseError(self.path, message,
-                                 expected="a complete gzip file (or errors='skip' to keep the rows before the damage)")
-        self.damaged = message
-
-
-def _sniff(first: bytes, path: str) -> str:
-    """'tsv' or 'json' from the first decisive line; a clear error for anything else."""
-    for raw in first.splitlines():
-        line = raw.strip()
-        if line.startswith(b"\xef\xbb\xbf"):
-            line = line[3:]
-        if not line:
-            continue
-        if line.startswith((b"#fields", b"#separator", b"#types")):
-            return "tsv"
-        if line.startswith(b"#"):
-            continue
-        if line.startswith(b"{"):
-            return "json"
-        break
-    raise ZeekParseError(
-        path, "not a Zeek log: no '#fields' header and no JSON lines",
-        value=first[:80].decode("utf-8", "backslashreplace"),
-        expected="Zeek TSV with its #fields/#types header, or Zeek JSON lines")
-
-
-Chunks = Iterator[tuple[bytes | bytearray, int]]
-
-
-def _peek(chunks: Chunks) -> tuple[bytes, Chunks]:
-    """The first MB of the stream (a copy), and an iterator replaying the first chunk."""
-    first = next(chunks, None)
-    head = b"" if first is None else bytes(first[0][: min(first[1], 1 << 20)])
-
-    def replay() -> Chunks:
-        if first is not None:
-            yield first
-        yield from chunks
-
-    return head, replay()
-
-
-def _name_type(path: str) -> str | None:
-    """Log type from a file name: conn.log, dns.json.gz, conn.log.labeled, labeled-conn.log."""
-    name = os.path.basename(path)
-    name = re.sub(r"^labell?ed-", "", name)
-    stem = name.split(".")[0]
-    return stem or None
 
 
 # ------------------------------------------------------------------ tables out
