@@ -103,9 +103,13 @@ def test_templates_map_ecs_types(settings):
 def test_conn_round_trip_and_idempotence(settings, conn43):
     from watchtower_lib import es
 
-    first = es.index_logs(conn43, "conn", settings=settings, refresh=True)
+    first = es.index_logs(conn43, "conn", settings=settings, refresh=True, bulk_load=True)
     assert (first.created, first.existing, first.failed) == (len(conn43), 0, 0) == (9048, 0, 0)
     assert first.indices == [f"{settings.elasticsearch.index_prefix}-zeek-conn-2022.06"]
+    # the bulk-load settings (refresh off, async translog) are undone afterwards
+    index_settings = es.client(settings).indices.get_settings(index=first.indices[0], flat_settings=True)
+    flat = index_settings[first.indices[0]]["settings"]
+    assert flat["index.refresh_interval"] == "5s" and "index.translog.durability" not in flat
     second = es.index_logs(conn43, "conn", settings=settings, refresh=True)
     assert (second.created, second.existing, second.failed) == (0, 9048, 0)
     client = es.client(settings)
