@@ -161,6 +161,18 @@ def test_model_health():
     assert table.loc[0, "metric:f1"] == 0.97 and "metric:confusion" not in table
     assert table.loc[0, "training_files"] == "conn.log.labeled.gz" and pd.isna(table.loc[1, "threshold"])
     assert report.model_health(None).empty
+    # the nested form models.train_* writes
+    nested = {"kind": "unsupervised", "version": "v3", "threshold": 0.61, "saved_at": "2026-12-01T00:00:00+00:00",
+              "training": {"files": [{"path": f"store/conn/date=2026-11-2{d}/x{d}.parquet", "sha256": "0"}
+                                     for d in range(7)],
+                           "rows": 9000, "start": "2026-11-24T00:00:00+00:00", "end": "2026-12-01T00:00:00+00:00"},
+              "metrics": {"protocol": "leave-one-capture-out", "pooled": {"f1": 0.9, "recall": 0.8},
+                          "per_capture": {"a": {"f1": 0.5}}}}
+    row = report.model_health(nested, now="2026-12-03T00:00:00Z").iloc[0]
+    assert row["age_days"] == 2.0 and row["rows"] == 9000
+    assert row["training_files"] == "x0.parquet, x1.parquet, x2.parquet, x3.parquet, x4.parquet (+2 more)"
+    assert row["training_period"].startswith("2026-11-24") and row["metric:pooled.f1"] == 0.9
+    assert "metric:per_capture.a.f1" not in row.index
 
 
 @pytest.mark.parametrize("make", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,8 +75,9 @@ def week_over_week(current: Mapping[str, float], previous: Mapping[str, float] |
         rows.append({"metric": metric, "this_period": now, "previous_period": before,
                      "change": change, "change_pct": pct})
     out = pd.DataFrame(rows)
-    for col in ("previous_period", "change", "change_pct"):
-        out[col] = out[col].astype("Float64")
+    for col in ("this_period", "previous_period", "change"):  # all counts: whole numbers read better
+        out[col] = out[col].astype("Float64").round().astype("Int64")
+    out["change_pct"] = out["change_pct"].astype("Float64")
     return out
 
 
@@ -143,11 +145,14 @@ def model_health(cards: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, 
                  now: Any = None) -> pd.DataFrame:
     """One row per model card: kind, version, when trained (and how long ago), on what, threshold, metrics.
 
-    Cards are the dicts models write as ``card.json`` (keys such as ``version``, ``kind``,
-    ``trained_at``, ``training_files``, ``rows``, ``threshold``, ``metrics``); missing keys stay NA.
-    Scalar metrics become ``metric:<name>`` columns.
+    Cards are the dicts ``models`` writes as ``card.json``. Both flat keys (``trained_at``,
+    ``training_files``, ``rows``) and the nested ``training`` section (``files`` as
+    ``{path, sha256}``, ``rows``, ``start``/``end``) are read; ``saved_at`` stands in for a
+    missing ``trained_at``; missing keys stay NA. Scalar metrics, also one level down
+    (``pooled.f1``), become ``metric:<name>`` columns.
     """
-    cols = ["kind", "version", "trained_at", "age_days", "training_files", "rows", "threshold"]
+    cols = ["kind", "version", "trained_at", "age_days", "training_files", "training_period", "rows",
+            "threshold"]
     if cards is None:
         return pd.DataFrame(columns=cols)
     if isinstance(cards, Mapping):
@@ -155,24 +160,45 @@ def model_health(cards: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, 
     now_ts = pd.Timestamp.now(tz="UTC") if now is None else _utc(now)
     rows = []
     for card in cards:
-        trained = card.get("trained_at")
+        training = card.get("training") if isinstance(card.get("training"), Mapping) else {}
+        trained = card.get("trained_at") or card.get("saved_at")
         trained_ts = _utc(trained) if trained else None
-        files = card.get("training_files") or []
-        if isinstance(files, (str, bytes)):
+        files = card.get("training_files") or training.get("files") or []
+        if isinstance(files, (str, bytes, Mapping)):
             files = [files]
-        row = {
+        names = [Path(str(f.get("path", "?") if isinstance(f, Mapping) else f)).name for f in files]
+        period = (f"{training['start']} .. {training['end']}"
+                  if training.get("start") and training.get("end") else None)
+        row: dict[str, Any] = {
             "kind": card.get("kind"), "version": card.get("version"),
             "trained_at": trained_ts,
             "age_days": round((now_ts - trained_ts).total_seconds() / 86400, 1) if trained_ts is not None else None,
-            "training_files": ", ".join(str(f) for f in files) if files else None,
-            "rows": card.get("rows"), "threshold": card.get("threshold"),
+            "training_files": _shorten(names), "training_period": period,
+            "rows": card.get("rows", training.get("rows")), "threshold": card.get("threshold"),
         }
-        for name, value in (card.get("metrics") or {}).items():
-            if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
-                row[f"metric:{name}"] = float(value)
+        for name, value in _scalars(card.get("metrics") or {}):
+            row[f"metric:{name}"] = value
         rows.append(row)
     out = pd.DataFrame(rows)
     return out[cols + [c for c in out.columns if c not in cols]]
+
+
+def _shorten(names: list[str], keep: int = 5) -> str | None:
+    if not names:
+        return None
+    more = f" (+{len(names) - keep} more)" if len(names) > keep else ""
+    return ", ".join(names[:keep]) + more
+
+
+def _scalars(metrics: Mapping[str, Any], prefix: str = "", depth: int = 1) -> list[tuple[str, float]]:
+    """Numeric metrics as (name, value); nested mappings down to ``depth`` levels (``pooled.f1``)."""
+    out = []
+    for name, value in metrics.items():
+        if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+            out.append((f"{prefix}{name}", float(value)))
+        elif isinstance(value, Mapping) and depth > 0:
+            out.extend(_scalars(value, f"{prefix}{name}.", depth - 1))
+    return out
 
 
 def _utc(value: Any) -> pd.Timestamp:

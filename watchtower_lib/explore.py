@@ -237,7 +237,7 @@ def alert_label(row: Mapping[str, Any]) -> str:
     """One line per alert for the pick list: time, kind/family, source -> destination, score."""
     ts = _utc(row["ts"]).strftime("%Y-%m-%d %H:%M:%S")
     what = row["family"] if row.get("kind") == "known" and pd.notna(row.get("family")) else row.get("kind")
-    port = "" if pd.isna(row.get("dst_port")) else f":{row['dst_port']}"
+    port = "" if pd.isna(row.get("dst_port")) else f":{int(row['dst_port'])}"
     return f"{ts}  {what}  {row['src_ip']} -> {row['dst_ip']}{port}  score {float(row['score']):.2f}"
 
 

@@ -136,7 +136,9 @@ def week_over_week_figure(current: Mapping[str, float], previous: Mapping[str, f
                              cliponaxis=False, name=row.metric), row=1, col=i)
     fig.update_annotations(font_size=11)
     fig.update_yaxes(showticklabels=False, rangemode="tozero")
-    return _layout(fig, title, height=260)
+    _layout(fig, title, height=280)
+    fig.update_layout(margin={"t": 100})  # room for the title above the per-metric subplot titles
+    return fig
 
 
 def _change_label(row: Any) -> str:
