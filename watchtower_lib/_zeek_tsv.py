@@ -216,6 +216,13 @@ def _pool() -> pa.MemoryPool:
         return pa.default_memory_pool()
 
 
+def release_pools() -> None:
+    """Hand freed Arrow memory back to the OS. Called after each segment: without it the
+    allocators keep the parser's scratch memory and peak RSS grows by ~60 MB per 2M rows."""
+    for pool in {id(p): p for p in (pa.default_memory_pool(), _pool())}.values():
+        pool.release_unused()
+
+
 def _delimiter(block: Block, data: memoryview) -> tuple[bytes, memoryview | bytes]:
     sep = block.markers.separator
     if sep in _SAFE_DELIMS:

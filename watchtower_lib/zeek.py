@@ -124,6 +124,7 @@ def read_arrow(path: PathLike, *, errors: str = "raise") -> pa.Table:
                 _zeek_tsv.unify(source.path, blocks)  # a type conflict stops us before its rows
             result = _zeek_tsv.parse_segment(seg, source.path, errors)
             seg.lines = result.lines
+            _zeek_tsv.release_pools()
             parts.append(result.table)
             skipped += result.skipped
         schema = _zeek_tsv.unify(source.path, blocks)
@@ -186,6 +187,7 @@ def iter_batches(path: PathLike, *, batch_rows: int = 65_536, errors: str = "rai
         for seg in _zeek_tsv.iter_segments(chunks, source.path):
             result = _zeek_tsv.parse_segment(seg, source.path, errors)
             seg.lines = result.lines
+            _zeek_tsv.release_pools()
             skipped += result.skipped
             rows += result.table.num_rows
             pending.append(_concat([result.table], schema))
@@ -263,12 +265,7 @@ def _consume_to_pandas(holder: list[pa.Table]) -> pd.DataFrame:
         return None
 
     columns: dict[str, Any] = {}
-    pools = {id(p): p for p in (pa.default_memory_pool(), _zeek_tsv._pool())}.values()
-
-    def release() -> None:
-        for p in pools:
-            p.release_unused()
-
+    release = _zeek_tsv.release_pools
     release()
     for f in table.schema:
         if pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type):
