@@ -1,7 +1,6 @@
 """compare_periods on the halves of real captures, checked against plain set arithmetic."""
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,7 @@ import pandas as pd
 import pytest
 
 from watchtower_lib import behaviour
+from watchtower_lib.zeek import read_log
 from watchtower_lib.errors import WatchtowerError
 
 IOT = "labelled/iot23/CTU-IoT-Malware-Capture-34-1/conn.log.labeled.gz"
@@ -18,27 +18,7 @@ CTU = ["147.32.0.0/16"]  # the Stratosphere lab hosts have public addresses
 
 
 def read_conn(path: Path) -> pd.DataFrame:
-    """The project's Zeek reader when present; until it lands, a plain reader of the same columns."""
-    try:
-        from watchtower_lib.zeek import read_log
-    except ImportError:
-        return _plain_conn(path)
     return read_log(path)
-
-
-def _plain_conn(path: Path) -> pd.DataFrame:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt") as fh:
-        lines = fh.read().splitlines()
-    split = lambda line: [f for part in line.split("\t") for f in part.split("   ")]  # noqa: E731
-    fields = split(next(line for line in lines if line.startswith("#fields")))[1:]
-    rows = [split(line) for line in lines if not line.startswith("#")]
-    df = pd.DataFrame(rows, columns=fields).replace({"-": pd.NA})
-    df["ts"] = pd.to_datetime(df["ts"].astype(float), unit="s", utc=True)
-    for col in ("orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts", "id.resp_p", "id.orig_p"):
-        df[col] = pd.to_numeric(df[col]).astype("UInt64")
-    df["duration"] = pd.to_timedelta(pd.to_numeric(df["duration"]), unit="s")
-    return df
 
 
 def halves(df: pd.DataFrame):

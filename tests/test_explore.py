@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_report import build_alerts, read_labelled
+from test_report import build_alerts
 
 from watchtower_lib import explore
+from watchtower_lib.labels import read_labelled
 from watchtower_lib.zeek import read_log
 
 CAPTURE = "labelled/stratosphere-sdt/011-ctu-normal-43-day1"

@@ -22,10 +22,11 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import ROOT, require
-from test_report import build_alerts, read_labelled
+from test_report import build_alerts
 
 from watchtower_lib import store
 from watchtower_lib.explore import LOG_TYPES
+from watchtower_lib.labels import read_labelled
 from watchtower_lib.zeek import read_log
 
 CAPTURE = "labelled/stratosphere-sdt/011-ctu-normal-43-day1"

@@ -12,22 +12,14 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from test_behaviour import IOT, NORMAL43, _plain_conn, halves, read_conn
+from test_behaviour import IOT, NORMAL43, halves, read_conn
 
 from watchtower_lib import behaviour, report
+from watchtower_lib.labels import read_labelled
 
 ALERT_COLS = ["id", "ts", "sensor", "src_ip", "dst_ip", "dst_port", "proto", "service", "kind", "family",
               "score", "severity", "explanation", "uid", "model_version"]
 FEATURES = ["orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts"]
-
-
-def read_labelled(path) -> pd.DataFrame:
-    """``labels.read_labelled`` when present; until it lands, the plain reader (labels as in the file)."""
-    try:
-        from watchtower_lib.labels import read_labelled as read
-    except ImportError:
-        return _plain_conn(path)
-    return read(path)
 
 
 def _labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:

@@ -266,6 +266,6 @@ def drift_figure(drift: pd.DataFrame | None, title: str = "Feature drift against
                            text=[f"{v:.2f}" for v in data["psi"]], textposition="outside", cliponaxis=False))
     for level, label in ((PSI_MODERATE, "moderate"), (PSI_SHIFTED, "shifted")):
         fig.add_hline(y=level, line_dash="dot", line_color="#666", annotation_text=label,
-                      annotation_position="top left")
+                      annotation_position="top right")
     fig.update_layout(yaxis_title="PSI", xaxis_title="feature")
     return _layout(fig, title)
