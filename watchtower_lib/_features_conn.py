@@ -95,11 +95,30 @@ def host_codes(X: pd.DataFrame, column: str, sensor_column: str | None) -> np.nd
     return c
 
 
-def map_codes(c: np.ndarray, uniques: pd.Index, table: np.ndarray, na_row: np.ndarray) -> np.ndarray:
-    """Rows of ``table`` (one per distinct value) taken by code; NA rows get ``na_row``."""
-    table = np.asarray(table, dtype=float).reshape(-1, len(na_row))
-    full = np.vstack([table, na_row[None, :]])
-    return full[np.where(c < 0, len(table), c)]
+def map_codes(c: np.ndarray, table: np.ndarray, na_row: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Columns ``names`` taken by code from ``table`` (one row per distinct value); NA rows get ``na_row``.
+
+    One gather per column from a tiny table: contiguous writes, no rows x columns temporary.
+    """
+    table = np.asarray(table, dtype=np.float32).reshape(-1, len(na_row))
+    full_t = np.ascontiguousarray(np.vstack([table, np.asarray(na_row, dtype=np.float32)[None, :]]).T)
+    idx = np.where(c < 0, len(table), c)
+    return {name: full_t[i][idx] for i, name in enumerate(names)}
+
+
+FEATURE_DTYPE = np.float32  # what the trees use internally: computing in it saves a copy per stage
+
+
+def feature_frame(cols: dict[str, np.ndarray], names: Sequence[str], index: pd.Index) -> pd.DataFrame:
+    """One float32 block wrapped as a DataFrame without another copy.
+
+    Filled feature by feature into a (features x rows) array - contiguous
+    writes - whose transpose is exactly the block layout pandas keeps.
+    """
+    out = np.empty((len(names), len(index)), dtype=FEATURE_DTYPE)
+    for j, name in enumerate(names):
+        out[j] = cols[name]
+    return pd.DataFrame(out.T, columns=list(names), index=index, copy=False)
 
 
 def port_class(port: np.ndarray) -> np.ndarray:
@@ -173,22 +192,17 @@ class ConnFeatures(TransformerMixin, BaseEstimator):
         table = np.array([[v == s for s in self.states] + [v not in self.states] for v in values], dtype=float)
         na_row = np.zeros(len(self.states) + 1)
         na_row[-1] = 1.0
-        block = map_codes(c, uniq, table, na_row)
-        for i, s in enumerate([*self.states, "other"]):
-            cols[f"state_{s}"] = block[:, i]
+        cols.update(map_codes(c, table, na_row, [f"state_{s}" for s in [*self.states, "other"]]))
 
         c, uniq = codes(X, "history")
         table = np.array([[ch in str(v) for ch, _ in HISTORY_FLAGS] + [len(str(v))] for v in uniq],
                          dtype=float)
-        block = map_codes(c, uniq, table, np.zeros(len(HISTORY_FLAGS) + 1))
-        for i, name in enumerate([name for _, name in HISTORY_FLAGS] + ["history_len"]):
-            cols[name] = block[:, i]
+        cols.update(map_codes(c, table, np.zeros(len(HISTORY_FLAGS) + 1),
+                              [name for _, name in HISTORY_FLAGS] + ["history_len"]))
 
         c, uniq = codes(X, "proto")
         table = np.array([[str(v) == p for p in PROTOS] for v in uniq], dtype=float)
-        block = map_codes(c, uniq, table, np.zeros(len(PROTOS)))
-        for i, p in enumerate(PROTOS):
-            cols[f"proto_{p}"] = block[:, i]
+        cols.update(map_codes(c, table, np.zeros(len(PROTOS)), [f"proto_{p}" for p in PROTOS]))
 
         c, uniq = codes(X, "service")
         # Zeek may list several analysers ("ssl,http"): the first one decides
@@ -197,15 +211,13 @@ class ConnFeatures(TransformerMixin, BaseEstimator):
                          dtype=float)
         na_row = np.zeros(len(self.services) + 2)
         na_row[-1] = 1.0
-        block = map_codes(c, uniq, table, na_row)
-        for i, s in enumerate([*self.services, "other", "none"]):
-            cols[f"service_{s}"] = block[:, i]
+        cols.update(map_codes(c, table, na_row, [f"service_{s}" for s in [*self.services, "other", "none"]]))
 
         rport = numeric(X, "id.resp_p")
         cols["resp_port_class"] = port_class(rport).astype(float)
         cols["orig_port_class"] = port_class(numeric(X, "id.orig_p")).astype(float)
         cols["resp_port_zero"] = (rport == 0).astype(float)
-        return pd.DataFrame({k: cols[k] for k in self.feature_names_out_}, index=X.index)
+        return feature_frame(cols, self.feature_names_out_, X.index)
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         check_is_fitted(self, "feature_names_out_")
