@@ -60,10 +60,40 @@ class Outcome:
         return self.kind in ("new", "adopted", "grown", "rotated")
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A download complete in its ``.part`` file, waiting for :func:`finish` (fsync, checks, rename)."""
+
+    rf: RemoteFile
+    local: Path
+    part: Path
+    record: FileRecord | None
+    local_size: int | None  # size of the copy already at ``local``, if any
+    sha256: str
+    transferred: int
+    resumed_from: int
+
+
 def sync_file(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sensor: str,
               verify: Callable[[RemoteFile, str], bool | None], on_bytes: Callable[[int], None],
               stamp: str, synced_dirs: set[Path]) -> Outcome:
-    """Make ``raw/<sensor>/<rf.rel>`` hold the remote file's current content.
+    """Make ``raw/<sensor>/<rf.rel>`` hold the remote file's current content (:func:`fetch` + :func:`finish`)."""
+    fetched = fetch(source, rf, sensor_dir, manifest, sensor, on_bytes)
+    if isinstance(fetched, Outcome):
+        return fetched
+    return finish(fetched, manifest, sensor, verify, stamp, synced_dirs)
+
+
+def fetch(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sensor: str,
+          on_bytes: Callable[[int], None]) -> Outcome | Fetched:
+    """Download what is missing of ``rf`` into its ``.part`` file (the part that needs the connection).
+
+    Returns
+    -------
+    Outcome
+        ``unchanged``: the manifest already has this version; nothing travelled.
+    Fetched
+        The ``.part`` holds all ``rf.size`` bytes; hand it to :func:`finish`.
 
     Raises
     ------
@@ -72,7 +102,7 @@ def sync_file(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sens
     ConnectionLost
         The connection died mid-transfer (the ``.part`` stays for resuming).
     TransferError
-        Short read or checksum mismatch for this file.
+        The file shrank on the sensor while it was read.
     OSError
         The sensor refused to open or read the file (permissions, vanished).
     """
@@ -105,13 +135,29 @@ def sync_file(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sens
             raise ConnectionLost(f"{rf.rel}: connection lost after {got} of {rf.size} bytes")
         raise TransferError(f"{rf.rel}: got {got} of {rf.size} bytes; the file shrank on the sensor while it "
                             f"was read (rotated?); it is fetched again on the next run")
+    return Fetched(rf, local, part, record, local_size, sha, written, offset)
+
+
+def finish(fetched: Fetched, manifest: Manifest, sensor: str, verify: Callable[[RemoteFile, str], bool | None],
+           stamp: str, synced_dirs: set[Path]) -> Outcome:
+    """Check, fsync and rename a fetched file into place, keeping any older copy; record it.
+
+    Needs no SFTP channel, so it runs beside the next transfers (fsync latency
+    does not hold a channel idle).
+
+    Raises
+    ------
+    TransferError
+        The sensor's SHA-256 of the same bytes differs (the ``.part`` is discarded).
+    """
+    rf, local, part, record, local_size, sha = (fetched.rf, fetched.local, fetched.part, fetched.record,
+                                                 fetched.local_size, fetched.sha256)
     if verify(rf, sha) is False:
         part.unlink()
         raise TransferError(f"{rf.rel}: SHA-256 of the download ({sha[:16]}...) differs from the sensor's "
                             f"sha256sum of the same {rf.size} bytes; the download was discarded and is fetched "
                             f"again on the next run")
-
-    kind, old_copy = "new", None
+    kind, old_copy, old_sha = "new", None, None
     if local_size is not None:
         old_sha = record.sha256 if record is not None and record.size == local_size else _file_sha(local)
         if old_sha == sha:  # same content: nothing to keep twice
@@ -120,6 +166,8 @@ def sync_file(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sens
             return Outcome("touched" if record is not None else "adopted", local)
         grown = local_size < rf.size and _file_sha(part, local_size) == old_sha
         kind = "grown" if grown else "rotated"
+    _fsync_file(part)
+    if local_size is not None:
         old_copy = old_copy_path(local, stamp)
         os.replace(local, old_copy)
         manifest.superseded(sensor, rf.rel, old_copy, local_size, old_sha, kind)
@@ -131,7 +179,8 @@ def sync_file(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sens
     else:
         synced_dirs.add(local.parent)  # the caller fsyncs each folder once, after its batch
     manifest.put(FileRecord(sensor, rf.rel, rf.size, rf.mtime, sha, local))
-    return Outcome(kind, local, transferred=written, resumed_from=offset, old_copy=old_copy)
+    return Outcome(kind, local, transferred=fetched.transferred, resumed_from=fetched.resumed_from,
+                   old_copy=old_copy)
 
 
 def _download(source, rf: RemoteFile, part: Path, offset: int,
@@ -155,8 +204,7 @@ def _download(source, rf: RemoteFile, part: Path, offset: int,
                 written += len(chunk)
                 on_bytes(len(chunk))
         finally:
-            out.flush()
-            os.fsync(out.fileno())
+            out.flush()  # an interrupted .part keeps what arrived; finish() fsyncs a complete one
     return h.hexdigest(), written
 
 
@@ -184,6 +232,14 @@ def _file_sha(path: Path, length: int | None = None) -> str:
             if remaining > 0:
                 remaining -= len(chunk)
     return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(folder: Path) -> None:

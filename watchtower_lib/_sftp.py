@@ -308,6 +308,9 @@ class SftpSource:
                             "checked by size only", self.sensor.name, self.sensor.connect_timeout,
                             type(exc).__name__)
                 self.sha256_available = False
+            else:
+                log.warning("sensor %s: lost the sensor's sha256sum output (%s); the remaining files of this "
+                            "connection are checked by size only", self.sensor.name, type(exc).__name__)
             return None
         if not line:
             return None

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from ._collect_manifest import Manifest
 from ._collect_paths import LocalSource, Refusal, RemoteFile, _reason, list_matching
-from ._collect_transfer import ConnectionLost, TransferError, fsync_dir, sync_file
+from ._collect_transfer import ConnectionLost, Fetched, Outcome, TransferError, fetch, finish, fsync_dir
 from .config import SensorConfig, Settings
 from .errors import ConfigError, IntegrationError, MissingDependencyError
 
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 MAX_SENSORS_AT_ONCE = 4
 BACKOFF_BASE = 1.0  # seconds before the first retry; doubles each time
 BACKOFF_CAP = 30.0
+FINISHERS = 4  # threads that verify, fsync and rename finished downloads
 
 __all__ = ["collect", "ingest_new", "CollectReport", "SensorResult"]
 
@@ -275,7 +276,12 @@ def _is_ssh_error(exc: BaseException) -> bool:
 
 def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_dir: Path, manifest: Manifest,
                   bar: _Progress, stamp: str, result: SensorResult) -> list[RemoteFile]:
-    """Sync ``files`` with up to ``sensor.parallel_files`` at once; return those cut off by a lost connection."""
+    """Sync ``files``; return those cut off by a lost connection.
+
+    Up to ``sensor.parallel_files`` threads transfer, each on its own SFTP
+    channel; completed downloads go to a small pool that verifies, fsyncs and
+    renames them (:func:`finish`), so disk latency never holds a channel idle.
+    """
     todo = deque(files)
     left: list[RemoteFile] = []
     lock = threading.Lock()
@@ -286,16 +292,44 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
     verify = source.verifier(needed)
     synced_dirs: set[Path] = set()
 
-    def worker() -> None:
+    def file_error(rf: RemoteFile, exc: BaseException) -> None:
+        log.warning("sensor %s: %s: %s", sensor.name, rf.rel, _reason(exc))
+        with lock:
+            result.errors.append(f"{rf.rel}: {_reason(exc)}")
+
+    def account(rf: RemoteFile, outcome: Outcome) -> None:
+        with lock:
+            planned = planned_bytes.get(rf.rel, 0)
+            if planned and outcome.transferred + outcome.resumed_from < planned:
+                bar.plan(outcome.transferred + outcome.resumed_from - planned)
+            if outcome.kind in ("unchanged", "touched"):
+                result.unchanged += 1
+                return
+            result.files += 1
+            result.bytes += outcome.transferred
+            if outcome.is_new:
+                result.new_paths.append(outcome.local)
+            if outcome.old_copy is not None:
+                result.old_copies.append(outcome.old_copy)
+            if outcome.resumed_from:
+                result.resumed.append((rf.rel, outcome.resumed_from))
+
+    def finish_one(fetched: Fetched) -> None:
+        try:
+            outcome = finish(fetched, manifest, sensor.name, verify, stamp, synced_dirs)
+        except (OSError, TransferError) as exc:
+            file_error(fetched.rf, exc)
+            return
+        account(fetched.rf, outcome)
+
+    def worker(finishers: ThreadPoolExecutor) -> None:
         while not stop.is_set():
             with lock:
                 if not todo:
                     return
                 rf = todo.popleft()
             try:
-                planned = planned_bytes.get(rf.rel, 0)
-                outcome = sync_file(source, rf, sensor_dir, manifest, sensor.name, verify, bar.advance, stamp,
-                                    synced_dirs)
+                fetched = fetch(source, rf, sensor_dir, manifest, sensor.name, bar.advance)
             except ValueError as exc:
                 with lock:
                     result.refused.append(Refusal(rf.rel, str(exc)))
@@ -308,32 +342,21 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
                     return
                 if not isinstance(exc, (OSError, TransferError)):
                     raise
-                log.warning("sensor %s: %s: %s", sensor.name, rf.rel, _reason(exc))
-                with lock:
-                    result.errors.append(f"{rf.rel}: {_reason(exc)}")
+                file_error(rf, exc)
                 continue
-            with lock:
-                if planned and outcome.transferred + outcome.resumed_from < planned:
-                    bar.plan(outcome.transferred + outcome.resumed_from - planned)
-                if outcome.kind == "unchanged" or outcome.kind == "touched":
-                    result.unchanged += 1
-                    continue
-                result.files += 1
-                result.bytes += outcome.transferred
-                if outcome.is_new:
-                    result.new_paths.append(outcome.local)
-                if outcome.old_copy is not None:
-                    result.old_copies.append(outcome.old_copy)
-                if outcome.resumed_from:
-                    result.resumed.append((rf.rel, outcome.resumed_from))
+            if isinstance(fetched, Outcome):
+                account(rf, fetched)
+            else:
+                finishers.submit(finish_one, fetched)
 
     n = max(1, min(sensor.parallel_files if sensor.kind == "ssh" else 1, len(needed)))
-    if n == 1:
-        worker()
-    else:
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"collect-{sensor.name}") as pool:
-            for future in [pool.submit(worker) for _ in range(n)]:
-                future.result()
+    with ThreadPoolExecutor(max_workers=FINISHERS, thread_name_prefix=f"finish-{sensor.name}") as finishers:
+        if n == 1:
+            worker(finishers)
+        else:
+            with ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"collect-{sensor.name}") as pool:
+                for future in [pool.submit(worker, finishers) for _ in range(n)]:
+                    future.result()
     for folder in synced_dirs:
         fsync_dir(folder)
     return left + list(todo)
