@@ -109,7 +109,7 @@ def map_codes(c: np.ndarray, table: np.ndarray, na_row: np.ndarray, names: Seque
 FEATURE_DTYPE = np.float32  # what the trees use internally: computing in it saves a copy per stage
 
 
-def feature_frame(cols: dict[str, np.ndarray], names: Sequence[str], index: pd.Index) -> pd.DataFrame:
+def feature_frame(cols: dict[str, np.ndarray], names: Sequence[str] | np.ndarray, index: pd.Index) -> pd.DataFrame:
     """One float32 block wrapped as a DataFrame without another copy.
 
     Filled feature by feature into a (features x rows) array - contiguous
@@ -174,9 +174,9 @@ class ConnFeatures(TransformerMixin, BaseEstimator):
         cols: dict[str, np.ndarray] = {}
         dur = numeric(X, "duration")
         cols["duration_log"] = np.log1p(np.clip(dur, 0, None))
-        raw = {c: np.clip(numeric(X, c), 0, None) for c in _COUNT_COLUMNS}
-        for c in _COUNT_COLUMNS:
-            cols[f"{c}_log"] = np.log1p(raw[c])
+        raw = {col: np.clip(numeric(X, col), 0, None) for col in _COUNT_COLUMNS}
+        for col in _COUNT_COLUMNS:
+            cols[f"{col}_log"] = np.log1p(raw[col])
         ob, rb, op, rp = raw["orig_bytes"], raw["resp_bytes"], raw["orig_pkts"], raw["resp_pkts"]
         with np.errstate(divide="ignore", invalid="ignore"):
             cols["resp_byte_share"] = np.where(ob + rb > 0, rb / (ob + rb), 0.0)

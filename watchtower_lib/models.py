@@ -81,15 +81,16 @@ class LabelForest(RandomForestClassifier):
 
 
 def _binary_labels(y: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(0/1 target, rows to keep) from label strings or 0/1 values."""
-    values = np.asarray(pd.array(y, dtype=object) if not isinstance(y, np.ndarray) else y, dtype=object)
-    as_str = np.array([str(v).lower() if v is not None and v is not pd.NA and v == v else "" for v in values],
-                      dtype=object) if values.dtype == object else None
-    if as_str is not None and np.isin(as_str, ["benign", "malicious", "unknown", ""]).all():
-        return (as_str == "malicious").astype("int64"), np.isin(as_str, LABELS)
-    num = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+    """(0/1 target, rows to keep) from label strings or 0/1 values (vectorised, no per-row Python)."""
+    series = pd.Series(np.asarray(y, dtype=object) if not isinstance(y, pd.Series) else y.to_numpy(dtype=object))
+    text = series.astype("string").str.strip().str.lower()
+    known = text.isin(["benign", "malicious", "unknown"]) | text.isna() | (text == "")
+    if bool(known.all()):
+        target = (text == "malicious").fillna(False).to_numpy(dtype=bool).astype("int64")
+        return target, text.isin(LABELS).fillna(False).to_numpy(dtype=bool)
+    num = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     if np.isnan(num).all():
-        raise ModelError(f"labels must be benign/malicious/unknown or 0/1, got e.g. {values[:3].tolist()}")
+        raise ModelError(f"labels must be benign/malicious/unknown or 0/1, got e.g. {series.head(3).tolist()}")
     return (num == 1).astype("int64"), ~np.isnan(num)
 
 
@@ -335,7 +336,7 @@ def retrain_unsupervised(store_dir: str | Path, end: Any, window_days: int = 7, 
     version, vdir = new_version(models_dir, "unsupervised")
     files = sorted(Path(store_dir, "conn").glob("date=*/*.parquet"))
     in_window = [p for p in files if start_ts.strftime("%Y-%m-%d") <= p.parent.name[5:] <= end_ts.strftime("%Y-%m-%d")]
-    card = {
+    card: dict[str, Any] = {
         "kind": "unsupervised", "version": version, "threshold": threshold,
         "target_alert_rate": target_alert_rate,
         "training": {
