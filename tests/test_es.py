@@ -129,7 +129,7 @@ def test_conn_round_trip_and_idempotence(settings, conn43):
 
 
 @pytest.mark.parametrize("path,log_type", [
-    (f"{WRCCDC}/dns.log.gz", "dns"),  # vector[interval] TTLs, 53,615 rows
+    (f"{WRCCDC}/dns.log.gz", "dns"),  # vector[interval] TTLs
     (f"{SDT}/008-ctu-normal-40-day1/http.log.labeled", "http"),
     (f"{WRCCDC}/ssl.log.gz", "ssl"),
     (f"{WRCCDC}/notice.log.gz", "notice"),
@@ -139,7 +139,7 @@ def test_other_logs_round_trip(settings, shared_data, path, log_type):
     from watchtower_lib import es
     from watchtower_lib.zeek import read_log
 
-    df = read_log(shared_data / path)
+    df = read_log(shared_data / path).head(20_000)  # the first 20,000 rows keep CI quick
     report = es.index_logs(df, log_type, settings=settings, refresh=True)
     assert report.failed == 0, report.samples
     assert report.created + report.existing == len(df)
