@@ -151,6 +151,29 @@ def test_errors_name_the_problem(shared_data):
         behaviour.compare_periods(df, "2022-06-12", b)
 
 
+def test_ks_matches_scipy_on_real_columns(iot):
+    from scipy import special, stats
+
+    df, a, b, _ = iot
+    for col in ("orig_pkts", "resp_bytes", "duration"):
+        xa = df.loc[(df["ts"] >= a[0]) & (df["ts"] < a[1]), col].dropna()
+        xb = df.loc[(df["ts"] >= b[0]) & (df["ts"] < b[1]), col].dropna()
+        if col == "duration":
+            xa, xb = xa.dt.total_seconds(), xb.dt.total_seconds()
+        xa, xb = xa.to_numpy(dtype=float), xb.to_numpy(dtype=float)
+        d, p = behaviour.ks_2samp(xa, xb)
+        ref = stats.ks_2samp(xa, xb, method="asymp")
+        assert d == pytest.approx(ref.statistic, abs=1e-12)
+        en = len(xa) * len(xb) / (len(xa) + len(xb))
+        assert p == pytest.approx(special.kolmogorov(np.sqrt(en) * d), rel=1e-9, abs=1e-300)
+        assert p < 1e-50 and ref.pvalue < 1e-50  # the DDoS half differs beyond doubt either way
+    # a moderate p-value on real values: the first 60 durations of each half
+    d, p = behaviour.ks_2samp(xa[:60], xb[:60])
+    ref = stats.ks_2samp(xa[:60], xb[:60], method="asymp")
+    assert d == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue, abs=0.05)
+    assert behaviour.ks_2samp(xa, xa) == (0.0, 1.0)
+
+
 def test_psi_js_and_hour_ranges():
     rng = np.random.default_rng(0)
     x = rng.normal(size=5000)
