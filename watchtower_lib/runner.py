@@ -23,6 +23,7 @@ import math
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -319,7 +320,7 @@ def run_phases(settings: Settings, phases: str | list[int] = "1-7", start: str |
     import papermill as pm
 
     numbers = parse_phases(phases)
-    source = Path(notebooks) if notebooks is not None else notebooks_dir()
+    source = Path(notebooks).resolve() if notebooks is not None else notebooks_dir()
     missing = [PHASES[n] for n in numbers if not (source / f"{PHASES[n]}.ipynb").is_file()]
     if missing:
         raise ConfigError(f"no notebook {', '.join(m + '.ipynb' for m in missing)} in {source}")
@@ -362,9 +363,13 @@ def run_phases(settings: Settings, phases: str | list[int] = "1-7", start: str |
             progress("start", phase)
         began = time.monotonic()
         try:
-            pm.execute_notebook(str(input_path), phase.notebook, parameters=params, kernel_name=kernel_name,
-                                progress_bar=progress_bar, cwd=str(run_dir), execution_timeout=execution_timeout,
-                                report_mode=False, request_save_on_cell_execute=True, config=_kernel_config())
+            with tempfile.TemporaryDirectory(prefix="wt-kernel-") as sockets:
+                # no cwd=: papermill would os.chdir the whole process, which races between the
+                # scheduler's threads; the notebooks use absolute paths from the settings anyway
+                pm.execute_notebook(str(input_path), phase.notebook, parameters=params, kernel_name=kernel_name,
+                                    progress_bar=progress_bar, execution_timeout=execution_timeout,
+                                    report_mode=False, request_save_on_cell_execute=True,
+                                    config=_kernel_config(Path(sockets)))
         except pm.PapermillExecutionError as exc:
             phase.seconds = round(time.monotonic() - began, 3)
             where = _failing_cell(Path(phase.notebook))
@@ -403,14 +408,15 @@ def run_phases(settings: Settings, phases: str | list[int] = "1-7", start: str |
     return record
 
 
-def _kernel_config() -> Any:
-    """Kernels talk over Unix sockets where there are some: local only, and no "TCP without
-    encryption" warning from every kernel on the analyst's terminal."""
+def _kernel_config(sockets: Path) -> Any:
+    """Kernels talk over Unix sockets in a private folder where the OS has them: local only, no
+    "TCP without encryption" warning per phase, and no clash between kernels started at once."""
     from traitlets.config import Config
 
     config = Config()
     if os.name == "posix":
         config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = str(sockets / "kernel")
     return config
 
 
