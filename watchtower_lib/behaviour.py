@@ -132,15 +132,16 @@ def compare_periods(
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> float:
     """Population stability index of ``actual`` against ``expected``.
 
-    Bins are the quantiles of ``expected`` (ties merged), plus everything below and
-    above; empty bins count as 1e-4 so one new value cannot make it infinite.
+    Bins are the deciles of ``expected`` (lower order statistics, ties merged), plus
+    everything below and above; empty bins count as 1e-4 so one new value cannot make it infinite.
     """
     expected = np.asarray(expected, dtype=float)
     actual = np.asarray(actual, dtype=float)
     expected, actual = expected[~np.isnan(expected)], actual[~np.isnan(actual)]
     if len(expected) == 0 or len(actual) == 0:
         return float("nan")
-    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1))[1:-1])
+    ordered = np.sort(expected)
+    edges = np.unique(ordered[(np.linspace(0, 1, bins + 1)[1:-1] * (len(ordered) - 1)).astype(int)])
     e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1) / len(expected)
     q = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1) / len(actual)
     e, q = np.clip(e, 1e-4, None), np.clip(q, 1e-4, None)
@@ -306,15 +307,27 @@ def _global_drift(in_a: pd.DataFrame, in_b: pd.DataFrame, features: Sequence[str
 
 def _host_drift(in_a: pd.DataFrame, in_b: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
     rows = []
-    ga, gb = dict(tuple(in_a.groupby("host"))), dict(tuple(in_b.groupby("host")))
+    ga, gb = _by_host(in_a, features), _by_host(in_b, features)
     for host in sorted(set(ga) & set(gb)):
-        da, db = ga[host], gb[host]
-        if len(da) < MIN_ROWS_FOR_DRIFT or len(db) < MIN_ROWS_FOR_DRIFT:
+        xa, xb = ga[host], gb[host]
+        if len(xa) < MIN_ROWS_FOR_DRIFT or len(xb) < MIN_ROWS_FOR_DRIFT:
             continue
-        for feature in features:
-            rows.append({"host": host, "feature": feature,
-                         "psi": psi(da[feature].to_numpy(dtype=float), db[feature].to_numpy(dtype=float))})
+        for i, feature in enumerate(features):
+            rows.append({"host": host, "feature": feature, "psi": psi(xa[:, i], xb[:, i])})
     return pd.DataFrame(rows, columns=["host", "feature", "psi"])
+
+
+def _by_host(df: pd.DataFrame, features: Sequence[str]) -> dict[str, np.ndarray]:
+    """host -> (rows, features) float array: one sort and slices, not a DataFrame per host."""
+    if df.empty:
+        return {}
+    hosts = df["host"].to_numpy(dtype=object)
+    order = np.argsort(hosts, kind="stable")
+    hosts = hosts[order]
+    values = df[list(features)].to_numpy(dtype=float, na_value=np.nan)[order]
+    starts = np.flatnonzero(np.r_[True, hosts[1:] != hosts[:-1]])
+    ends = np.r_[starts[1:], len(hosts)]
+    return {hosts[s]: values[s:e] for s, e in zip(starts, ends)}
 
 
 def _pct(before: float, after: float) -> float:
@@ -322,7 +335,7 @@ def _pct(before: float, after: float) -> float:
 
 
 def _host_table(in_a, in_b, new_dest, new_ports, hourly, host_drift) -> pd.DataFrame:
-    hosts = sorted(set(in_a["host"].dropna()) | set(in_b["host"].dropna()))
+    hosts = sorted(set(in_a["host"].dropna().unique()) | set(in_b["host"].dropna().unique()))
     agg_a = in_a.groupby("host").agg(conns=("ts", "size"), bytes=("bytes", "sum"),
                                      dests=("destination", "nunique"))
     agg_b = in_b.groupby("host").agg(conns=("ts", "size"), bytes=("bytes", "sum"),
@@ -336,28 +349,32 @@ def _host_table(in_a, in_b, new_dest, new_ports, hourly, host_drift) -> pd.DataF
     scored = host_drift.dropna(subset=["psi"])
     worst_drift = {row["host"]: row for row in
                    scored.loc[scored.groupby("host")["psi"].idxmax()].to_dict("records")} if len(scored) else {}
+    idx = pd.Index(hosts, name="host")
+    base = pd.DataFrame({
+        "conns_a": agg_a["conns"].reindex(idx, fill_value=0), "conns_b": agg_b["conns"].reindex(idx, fill_value=0),
+        "bytes_a": agg_a["bytes"].reindex(idx, fill_value=0.0), "bytes_b": agg_b["bytes"].reindex(idx, fill_value=0.0),
+        "destinations_a": agg_a["dests"].reindex(idx, fill_value=0),
+        "destinations_b": agg_b["dests"].reindex(idx, fill_value=0),
+        "new_destinations": n_new_dest.reindex(idx, fill_value=0),
+        "new_ports": n_new_ports.reindex(idx, fill_value=0),
+    }, index=idx).reset_index()
     rows = []
-    for host in hosts:
-        ca = int(agg_a["conns"].get(host, 0))
-        cb = int(agg_b["conns"].get(host, 0))
-        ba = float(agg_a["bytes"].get(host, 0.0))
-        bb = float(agg_b["bytes"].get(host, 0.0))
-        ha = profiles["a"].get(host, zeros)
-        hb = profiles["b"].get(host, zeros)
+    for row in base.to_dict("records"):
+        host, ca, cb = row["host"], int(row["conns_a"]), int(row["conns_b"])
+        ba, bb = float(row["bytes_a"]), float(row["bytes_b"])
+        ha, hb = profiles["a"].get(host, zeros), profiles["b"].get(host, zeros)
         worst = worst_drift.get(host)
-        row = {
-            "host": host, "conns_a": ca, "conns_b": cb, "conns_change_pct": _pct(ca, cb),
+        row.update({
+            "conns_a": ca, "conns_b": cb, "conns_change_pct": _pct(ca, cb),
             "bytes_a": ba, "bytes_b": bb, "bytes_change_pct": _pct(ba, bb),
-            "destinations_a": int(agg_a["dests"].get(host, 0)),
-            "destinations_b": int(agg_b["dests"].get(host, 0)),
-            "new_destinations": int(n_new_dest.get(host, 0)),
-            "new_ports": int(n_new_ports.get(host, 0)),
+            "destinations_a": int(row["destinations_a"]), "destinations_b": int(row["destinations_b"]),
+            "new_destinations": int(row["new_destinations"]), "new_ports": int(row["new_ports"]),
             "new_services": list(new_services.get(host, [])),
             "hour_js": js_distance(ha, hb),
             "new_hours": [h for h in range(24) if hb[h] > 0 and ha[h] == 0] if ca else [],
             "max_psi": float(worst["psi"]) if worst is not None else float("nan"),
             "max_psi_feature": worst["feature"] if worst is not None else None,
-        }
+        })
         row["change_score"] = _score(row)
         row["reasons"] = _reasons(row)
         rows.append(row)
