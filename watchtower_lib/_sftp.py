@@ -210,7 +210,8 @@ class SftpSource:
 
     def read_chunks(self, path: str, offset: int, size: int) -> Iterator[bytes]:
         """Bytes ``offset`` .. ``size`` of ``path``, many reads in flight (never past ``size``)."""
-        with self.sftp.open(path, "rb") as fh:
+        fh = self.sftp.open(path, "rb")
+        try:
             fh.MAX_REQUEST_SIZE = READ_SIZE  # per file object: larger reads, fewer round trips
             fh.seek(offset)
             if size - offset > READ_SIZE:  # one read is enough for a small log: no prefetch thread
@@ -222,6 +223,14 @@ class SftpSource:
                     return
                 remaining -= len(data)
                 yield data
+        finally:
+            # a read-only handle: send CLOSE without waiting for its answer (one round trip less per
+            # file; paramiko's own garbage-collection path does the same)
+            close_async = getattr(fh, "_close", None)
+            if close_async is not None:
+                close_async(async_=True)
+            else:  # pragma: no cover - other paramiko versions
+                fh.close()
 
     def connection_lost(self) -> bool:
         if self.transport is None or not self.transport.is_active():
