@@ -65,15 +65,43 @@ def test_forest_on_a_capture_it_never_saw(caps, names):
 
 
 @pytest.mark.slow
-def test_the_iot23_capture_is_not_learnt_from_the_others(caps, names):
-    """Honest failure, documented in docs/detection.md: IoT-23's "benign" traffic holds 1,074
-    unanswered connection attempts (many to the C&C address) and its DDoS rows are zero-packet
-    OTH flows unlike anything in the other captures. Measured ROC-AUC 0.54, recall at 1% FPR 0.03."""
-    train = {k: v for k, v in caps.items() if k != names["iot"]}
-    report = _model_eval.evaluate(train, {names["iot"]: caps[names["iot"]]})
-    sup = report["supervised"]["pooled"]
-    assert sup["recall_at_fpr_0.01"] < 0.2
-    assert sup["roc_auc"] < 0.7
+def test_leave_one_capture_out_table(caps, names):
+    """The forest rows of docs/detection.md: each capture scored by a forest trained on the other three.
+
+    Measured (PR-AUC / recall at 1% FPR): 008 1.0000 / 1.0000, 001 0.9993 / 0.9795, 011 1.0000 / 1.0000,
+    IoT-23 0.9331 / 0.0316. The IoT-23 fold is the documented failure: its "benign" label covers 1,074
+    unanswered connection attempts (many to the C&C address) and its DDoS rows are zero-packet OTH
+    flows unlike anything in the other captures.
+    """
+    metrics, threshold = _model_eval.cross_capture(caps)
+    per = metrics["per_capture"]
+    for key, pr, rec in (("c008", 0.99, 0.97), ("njrat", 0.99, 0.95), ("c011", 0.99, 0.97)):
+        assert per[names[key]]["pr_auc"] >= pr, key
+        assert per[names[key]]["recall_at_fpr_0.01"] >= rec, key
+    assert per[names["iot"]]["recall_at_fpr_0.01"] < 0.2 and per[names["iot"]]["roc_auc"] < 0.7
+    # pooled over all four folds the target is missed because of IoT-23 (measured recall 0.33)
+    assert metrics["pooled"]["recall_at_fpr_0.01"] < 0.5
+    assert 0 < threshold < 1
+
+
+@pytest.mark.slow
+def test_pooled_over_the_stratosphere_networks_meets_the_target(caps, names):
+    """Targets of the issue, pooled over three held-out networks (001, 008, 011; IoT-23 always in
+    training). Measured: PR-AUC 0.9993, recall 0.9909 at FPR <= 1%, Isolation Forest ROC-AUC 0.934."""
+    ys, ps, an = [], [], []
+    for key in ("njrat", "c008", "c011"):
+        train = [df for name, df in caps.items() if name != names[key]]
+        sup, uns, _ = _model_eval._fit(train, random_state=0, n_jobs=None)
+        y, p, a = _model_eval._score(sup, uns, caps[names[key]])
+        ys.append(y)
+        ps.append(p)
+        an.append(a)
+    y = np.concatenate(ys)
+    pooled = _model_eval.binary_metrics(y, np.concatenate(ps), 0.5)
+    assert pooled["rows"] == 14578 and pooled["malicious"] == 8396
+    assert pooled["pr_auc"] >= 0.99
+    assert pooled["recall_at_fpr_0.01"] >= 0.97
+    assert _model_eval.binary_metrics(y, np.concatenate(an), 0.6)["roc_auc"] >= 0.90
 
 
 def test_evaluation_refuses_a_capture_in_both_sets(caps, names):
