@@ -133,3 +133,12 @@ def test_explorer_over_the_store(capture, shared_data, tmp_path):
     ex = explore.AnomalyExplorer(alerts, tmp_path / "store")
     alert_id = alerts.loc[alerts["uid"] == uid, "id"].iloc[0]
     assert len(ex.select(alert_id)["http"]) == len(in_memory["http"])
+
+
+def test_accessor_is_opt_in_and_delegates(capture):
+    logs, alerts = capture
+    explore.register_accessor("wt_test")
+    explore.register_accessor("wt_test")  # twice is harmless
+    assert alerts.wt_test.filter(kind="unknown").equals(explore.filter_alerts(alerts, kind="unknown"))
+    assert logs["conn"].wt_test.timeline(HOST).equals(explore.host_timeline(logs["conn"], HOST))
+    assert not hasattr(pd.DataFrame, "wt")  # importing explore registered nothing

@@ -160,7 +160,8 @@ def model_health(cards: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, 
     now_ts = pd.Timestamp.now(tz="UTC") if now is None else _utc(now)
     rows = []
     for card in cards:
-        training = card.get("training") if isinstance(card.get("training"), Mapping) else {}
+        nested = card.get("training")
+        training: Mapping[str, Any] = nested if isinstance(nested, Mapping) else {}
         trained = card.get("trained_at") or card.get("saved_at")
         trained_ts = _utc(trained) if trained else None
         files = card.get("training_files") or training.get("files") or []

@@ -241,6 +241,38 @@ def alert_label(row: Mapping[str, Any]) -> str:
     return f"{ts}  {what}  {row['src_ip']} -> {row['dst_ip']}{port}  score {float(row['score']):.2f}"
 
 
+def register_accessor(name: str = "wt") -> None:
+    """Opt in to ``df.wt``: one-line shortcuts to the functions above (nothing is registered on import).
+
+    ``alerts.wt.filter(...)`` is :func:`filter_alerts`, ``conn.wt.timeline(host, ...)`` is
+    :func:`host_timeline`, ``conn.wt.compare(a, b, ...)`` is ``behaviour.compare_periods``.
+    Registering twice is harmless.
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # pandas warns when a name is registered again
+        warnings.simplefilter("ignore", UserWarning)
+        pd.api.extensions.register_dataframe_accessor(name)(WatchtowerAccessor)
+
+
+class WatchtowerAccessor:
+    """``df.wt``: sugar over plain functions; each method is one call (see :func:`register_accessor`)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame = frame
+
+    def filter(self, **filters: Any) -> pd.DataFrame:
+        return filter_alerts(self._frame, **filters)
+
+    def timeline(self, host: str, **kwargs: Any) -> pd.DataFrame:
+        return host_timeline(self._frame, host, **kwargs)
+
+    def compare(self, a: Any, b: Any, **kwargs: Any) -> Any:
+        from .behaviour import compare_periods
+
+        return compare_periods(self._frame, a, b, **kwargs)
+
+
 def __getattr__(name: str) -> Any:
     # AnomalyExplorer lives in _explore_widgets (module size); loading it imports ipywidgets,
     # so the plain functions above work without it.
@@ -252,4 +284,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["AnomalyExplorer", "LogSource", "filter_alerts", "records_for_uid", "host_timeline",
-           "host_timeline_figure", "table_html", "alert_label"]
+           "host_timeline_figure", "table_html", "alert_label", "register_accessor", "WatchtowerAccessor"]
