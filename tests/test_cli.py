@@ -131,7 +131,7 @@ def _sample_rows() -> dict[str, int]:
 
 def test_demo_ingests_the_sample(tmp_path: Path) -> None:
     env = {"WATCHTOWER_DATA_DIR": str(ROOT / "data"), "WATCHTOWER_STORE_DIR": str(tmp_path / "store")}
-    result = CliRunner().invoke(cli, ["demo"], env=env)
+    result = CliRunner().invoke(cli, ["demo", "--ingest-only"], env=env)
     assert result.exit_code == 0, result.output
     expected = _sample_rows()
     assert sum(expected.values()) == 13898
@@ -141,5 +141,5 @@ def test_demo_ingests_the_sample(tmp_path: Path) -> None:
     assert f"store: {(tmp_path / 'store').resolve()}" in result.output
     assert set(store.load(tmp_path / "store", "ssh")["_sensor"]) == {"sample"}
 
-    again = CliRunner().invoke(cli, ["demo"], env=env)
+    again = CliRunner().invoke(cli, ["demo", "--ingest-only"], env=env)
     assert again.exit_code == 0 and "ingested 0 file(s) (0 rows), 44 already in the store" in again.output

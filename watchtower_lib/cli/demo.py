@@ -50,13 +50,19 @@ def ingest_sample(settings: Settings, *, include_labelled: bool = False,
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--include-labelled", is_flag=True,
               help="Also ingest the labelled captures in data/labelled (normally only read for training).")
+@click.option("--ingest-only", is_flag=True, help="Stop after ingesting and summarising the sample.")
+@click.option("--pdf/--no-pdf", default=True, show_default=True,
+              help="Also print the weekly report to PDF (needs Chromium: apt-get install chromium).")
 @click.pass_context
-def demo(ctx: click.Context, include_labelled: bool) -> None:
-    """Run the demo on the sample logs shipped in data/.
+def demo(ctx: click.Context, include_labelled: bool, ingest_only: bool, pdf: bool) -> None:
+    """Run the demo: all seven phases on the sample logs shipped in data/.
 
     Ingests data/logs (real Zeek logs: Stratosphere scenarios, ZAT samples,
-    WRCCDC 2018) into the store, then prints rows per log type and the time
-    span. Safe to run again: files already in the store are skipped.
+    WRCCDC 2018) into the store and prints rows per log type and the time
+    span; then runs phases 1-7 as `watchtower run` does (training the forest
+    on the labelled Stratosphere captures in data/labelled) and prints where
+    the HTML and PDF weekly report are. Safe to run again: files already in
+    the store are skipped and alerts are not duplicated.
     """
     from .. import store
 
@@ -73,6 +79,24 @@ def demo(ctx: click.Context, include_labelled: bool) -> None:
     click.echo(f"store: {settings.store_dir.resolve()}  ({int(table['rows'].sum()):,} rows in "
                f"{len(table)} log types)")
     click.echo("1970-01-01 times are real: some captures use timestamps relative to their start.")
+    if ingest_only:
+        return
+    from .run import run as run_command
+
+    click.echo("")
+    ctx.invoke(run_command, phases="1-7", pdf=pdf and _has_chromium())
+
+
+def _has_chromium() -> bool:
+    from ..errors import IntegrationError
+    from ..render import find_chromium
+
+    try:
+        find_chromium()
+    except IntegrationError as exc:
+        click.echo(f"{exc}: writing the HTML report only", err=True)
+        return False
+    return True
 
 
 def _day(value: object) -> str:
