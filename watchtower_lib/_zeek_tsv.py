@@ -90,8 +90,12 @@ class _HeaderState:
         self.block: Block | None = None
         self.meta: dict[str, str | None] = {"path": None, "open": None}
 
-    def apply(self, raw: bytes, line_no: int) -> Block | None:
-        """Apply one ``#`` line; returns a new Block when ``#fields`` starts one."""
+    def apply(self, raw: bytes, line_no: int, frozen: bool = False) -> Block | None:
+        """Apply one ``#`` line; returns a new Block when ``#fields`` starts one.
+
+        ``frozen``: the current block already has rows, so a late ``#types`` line
+        starts a new block instead of retyping rows that were read.
+        """
         line = raw.rstrip(b"\r\n")
         if line.startswith(b"#separator"):
             value = line[len(b"#separator"):]
@@ -125,6 +129,9 @@ class _HeaderState:
                 raise ZeekParseError(
                     self.path, "#types and #fields have different lengths", line=line_no,
                     value=f"{len(types)} types", expected=f"{len(self.block.fields)} (one per #fields name)")
+            if frozen:
+                self.block = replace(self.block, types=types, line=line_no)
+                return self.block
             self.block.types = types
         return None
 
@@ -173,8 +180,8 @@ def iter_segments(chunks: Iterable[tuple[bytes | bytearray, int]], path: str) ->
                 nl = chunk.find(b"\n", pos, n)
                 end = n if nl < 0 else nl + 1
                 previous = state.block
-                if state.apply(bytes(chunk[pos:end]), line_no) is not None and previous not in (None, emitted):
-                    assert previous is not None
+                started = state.apply(bytes(chunk[pos:end]), line_no, frozen=previous is emitted)
+                if started is not None and previous is not None and previous is not emitted:
                     yield Segment(previous, None, previous.line)
                     emitted = previous
                 line_no += 1
