@@ -142,3 +142,10 @@ def test_accessor_is_opt_in_and_delegates(capture):
     assert alerts.wt_test.filter(kind="unknown").equals(explore.filter_alerts(alerts, kind="unknown"))
     assert logs["conn"].wt_test.timeline(HOST).equals(explore.host_timeline(logs["conn"], HOST))
     assert not hasattr(pd.DataFrame, "wt")  # importing explore registered nothing
+
+
+def test_explorer_without_alerts(capture):
+    logs, alerts = capture
+    ex = explore.AnomalyExplorer(alerts.head(0), logs)
+    assert ex.count.value == "<b>0</b> of 0 alerts" and "no rows" in ex.table.value
+    assert ex.picker.options == () and len(ex.time_range.options) == 2

@@ -100,7 +100,7 @@ class AnomalyExplorer:
     def _time_steps(self) -> list[tuple[str, pd.Timestamp]]:
         if self.alerts.empty:
             now = pd.Timestamp.now(tz="UTC").floor("h")
-            return [(now.strftime("%Y-%m-%d %H:%M"), now), ("+1h", now + pd.Timedelta(hours=1))]
+            return [(t.strftime("%Y-%m-%d %H:%M"), t) for t in (now, now + pd.Timedelta(hours=1))]
         first, last = self.alerts["ts"].min(), self.alerts["ts"].max()
         for freq in ("h", "6h", "D", "7D"):
             edges = pd.date_range(first.floor(freq), last.floor(freq) + pd.tseries.frequencies.to_offset(freq), freq=freq)
