@@ -21,7 +21,8 @@ Stages timed, each on the whole tiled frame:
 * ``isolation forest``: ``score_samples`` on the features;
 * ``end to end (shared features)``: the three above, features computed once;
 * ``end to end (two pipelines)``: ``model.predict_proba(conn)`` plus
-  ``anomaly_score(model, conn)``, as ``alerts.detect`` calls them (features twice).
+  ``anomaly_score(model, conn)``, as ``alerts.detect`` calls them (features twice);
+* ``end to end (models.score_both)``: both scores from one feature pass, as a caller should.
 
 Each stage runs ``--repeat`` times and the best run is reported, in wall seconds and in CPU seconds of
 this process (all threads): on a machine shared with other jobs the CPU seconds are the steadier
@@ -120,6 +121,7 @@ def main() -> None:
           f"{shared_cpu:7.2f} CPU-s {n / shared_cpu:12,.0f} conn/CPU-s")
     timed("end to end (two pipelines)", n,
           lambda: (sup.predict_proba(conn)[:, 1], models.anomaly_score(uns, conn)), results, args.repeat)
+    timed("end to end (models.score_both)", n, lambda: models.score_both(sup, uns, conn), results, args.repeat)
     print(f"\nflagged at P>=0.5: {(proba >= 0.5).mean():.3f}; mean anomaly score {np.mean(anomaly):.3f}")
     best = max(r[3] for r in results if r[0].startswith("end to end"))
     print(f"target >= 200,000 conn/s end to end (wall): {'met' if best >= 200_000 else 'NOT met'} ({best:,.0f}); "

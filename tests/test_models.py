@@ -186,6 +186,13 @@ def test_anomaly_score_is_minus_score_samples_in_0_1(caps, names, iforest):
     assert explained[0][0]["effect"] > 0
 
 
+def test_score_both_equals_the_two_pipelines(caps, names, forest, iforest):
+    c011 = caps[names["c011"]]
+    proba, anomaly = models.score_both(forest, iforest, c011)
+    np.testing.assert_allclose(proba, models.malicious_proba(forest, c011))
+    np.testing.assert_allclose(anomaly, models.anomaly_score(iforest, c011))
+
+
 # --------------------------------------------------------------- files, cards, versions
 def test_save_load_round_trip_and_refusals(tmp_path, caps, names, forest):
     c011 = caps[names["c011"]]

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._features_conn import FAILED_STATES, codes, host_codes, numeric, require_columns, time_ns
+from ._features_conn import FAILED_STATES, codes, feature_frame, host_codes, numeric, require_columns, time_ns
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +84,14 @@ class PeerChains:
         ev_g = np.concatenate([self.gs[start], self.gs[end]])
         ev_t = np.concatenate([self.ts[start], self.ts[end] + w])
         ev_v = np.concatenate([np.ones(int(start.sum()), "int64"), -np.ones(int(end.sum()), "int64")])
-        eo = np.lexsort((ev_t, ev_g))
         t0 = min(int(ev_t.min()), int(self.t.min()))
         span = int(max(int(ev_t.max()), int(self.t.max())) - t0) // 1_000 + 2
         unit = 1_000
         if int(ev_g.max()) * span >= 2**62:  # too many hosts for microseconds: milliseconds
             unit, span = 1_000_000, span // 1_000 + 2
-        ev_key = ev_g[eo] * span + (ev_t[eo] - t0) // unit
+        key = ev_g * span + (ev_t - t0) // unit
+        eo = np.argsort(key, kind="stable")  # order among equal keys does not change the sums read below
+        ev_key = key[eo]
         cs = np.cumsum(ev_v[eo])
         q_key = self.group * span + (self.t - t0) // unit
         idx = np.searchsorted(ev_key, q_key, side="right") - 1
@@ -189,7 +190,7 @@ class HostWindowFeatures(TransformerMixin, BaseEstimator):
             for name, values in out.items():
                 cols[name] = np.empty(len(lo))
                 cols[name][dst_order] = values
-        return pd.DataFrame({k: cols[k] for k in self.feature_names_out_}, index=X.index)
+        return feature_frame(cols, self.feature_names_out_, X.index)
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         check_is_fitted(self, "feature_names_out_")

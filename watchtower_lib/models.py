@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LabelForest", "ModelVersion", "VersionComparison", "ALLOWED_TYPES",
-    "build_supervised", "build_unsupervised", "training_rows", "anomaly_score", "malicious_proba",
+    "build_supervised", "build_unsupervised", "training_rows", "anomaly_score", "malicious_proba", "score_both",
     "predict_family", "explain", "baseline_medians", "train_supervised", "retrain_unsupervised",
     "read_captures", "save", "load", "read_card", "latest", "versions", "prune", "compare_versions",
     "feature_names",
@@ -155,6 +155,23 @@ def anomaly_score(model: Pipeline, conn_df: pd.DataFrame) -> np.ndarray:
     """
     with _threads(model[-1]):
         return np.clip(-np.asarray(model.score_samples(conn_df), dtype=float), 0.0, 1.0)
+
+
+def score_both(supervised: Pipeline, unsupervised: Pipeline, conn_df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(P(malicious), anomaly score) per connection, computing the features once when the two
+    pipelines use the same feature settings (else each pipeline computes its own).
+
+    Same results as ``malicious_proba`` and ``anomaly_score`` called one after the other, at about
+    half the feature cost: features are the most expensive stage (``docs/benchmarks.md``).
+    """
+    def settings(model: Pipeline) -> list[tuple[str, dict[str, Any]]]:
+        return [(name, t.get_params()) for name, t in model.named_steps["features"].transformer_list]
+
+    if settings(supervised) != settings(unsupervised) or feature_names(supervised) != feature_names(unsupervised):
+        return malicious_proba(supervised, conn_df), anomaly_score(unsupervised, conn_df)
+    feats = supervised.named_steps["baseline"].transform(supervised.named_steps["features"].transform(conn_df))
+    frame = pd.DataFrame(feats, columns=feature_names(supervised), copy=False)
+    return _score_features(supervised[-1], frame), _score_features(unsupervised[-1], frame)
 
 
 def _score_features(estimator: Any, X: Any) -> np.ndarray:
