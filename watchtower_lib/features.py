@@ -1,7 +1,7 @@
 """Feature transformers: a parsed Zeek ``conn`` DataFrame in, named numeric features out.
 
 Four scikit-learn transformers, each taking the whole conn frame (dtypes as
-``watchtower_lib.zeek.read_log`` gives them) and returning a float DataFrame:
+``watchtower_lib.zeek.read_log`` gives them) and returning a float32 DataFrame:
 
 * :class:`ConnFeatures` - the connection on its own (sizes, state, history, service, port class);
 * :class:`HostWindowFeatures` - each end's behaviour in sliding windows ending at the connection;
