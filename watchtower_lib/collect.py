@@ -258,7 +258,7 @@ def _collect_sensor(sensor: SensorConfig, raw_dir: Path, manifest: Manifest, bar
                 result.status = "failed"
                 break
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
-            log.warning("sensor %s: %s (%s); retry %d of %d in %.0fs", sensor.name, what, _reason(exc),
+            log.warning("sensor %s: %s (%s); retry %d of %d in %.1fs", sensor.name, what, _reason(exc),
                         attempt, sensor.retries, delay)
             time.sleep(delay)
         finally:
