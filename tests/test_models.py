@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import skops.io as sio
 from click.testing import CliRunner
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from watchtower_lib import _model_eval, models, store
 from watchtower_lib.cli import cli
@@ -120,6 +121,30 @@ def test_recall_at_fpr_picks_the_best_point_within_the_budget():
 
 
 # --------------------------------------------------------------- the supervised pipeline
+_BINARY_BY_DESIGN = "LabelForest learns Watch Tower's two classes (benign/malicious or 0/1) only"
+_LABEL_FOREST_EXPECTED_FAILURES = {
+    name: _BINARY_BY_DESIGN for name in (
+        "check_classifiers_classes", "check_classifiers_one_label", "check_classifier_multioutput",
+        "check_classifiers_train", "check_classifiers_regression_target", "check_fit2d_1sample",
+        "check_classifiers_multilabel_representation_invariance",
+        "check_classifiers_multilabel_output_format_predict",
+        "check_classifiers_multilabel_output_format_predict_proba",
+        "check_classifiers_multilabel_output_format_decision_function", "check_supervised_y_no_nan",
+        "check_estimators_empty_data_messages")
+} | {
+    "check_sample_weight_equivalence_on_dense_data": "bootstrap + balanced_subsample weights, as RandomForest",
+    "check_sample_weight_equivalence_on_sparse_data": "bootstrap + balanced_subsample weights, as RandomForest",
+    "check_estimator_sparse_array": "rows are selected before the forest; features are dense frames",
+    "check_estimator_sparse_matrix": "rows are selected before the forest; features are dense frames",
+}
+
+
+@parametrize_with_checks([models.LabelForest(n_estimators=5, random_state=0)],
+                         expected_failed_checks=lambda est: _LABEL_FOREST_EXPECTED_FAILURES)
+def test_label_forest_sklearn_checks(estimator, check):
+    check(estimator)
+
+
 def test_unknown_rows_are_context_not_targets(caps, names, forest):
     assert list(forest[-1].classes_) == [0, 1]
     c008 = caps[names["c008"]]

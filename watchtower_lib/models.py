@@ -59,6 +59,13 @@ class LabelForest(RandomForestClassifier):
     """
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None, detail: Any = None) -> LabelForest:
+        import scipy.sparse as sp
+        from sklearn.utils import check_consistent_length, column_or_1d
+
+        if not hasattr(X, "iloc") and not sp.issparse(X):
+            X = np.asarray(X)
+        y = column_or_1d(np.asarray(y, dtype=object) if not isinstance(y, np.ndarray) else y)
+        check_consistent_length(X, y, sample_weight, detail)
         target, keep = _binary_labels(y)
         if len(np.unique(target[keep])) < 2:
             raise ModelError("training needs both benign and malicious rows; got only "
