@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._features_conn import codes, host_codes, require_columns
+from ._features_conn import codes, feature_frame, host_codes, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class DnsFeatures(TransformerMixin, BaseEstimator):
         n = len(X)
         zeros = {k: np.zeros(n) for k in self.feature_names_out_}
         if self.query_column not in X.columns:
-            return pd.DataFrame(zeros, index=X.index)
+            return feature_frame(zeros, self.feature_names_out_, X.index)
         qc, quniq = codes(X, self.query_column)
         names = np.asarray([str(q) for q in quniq], dtype=object)
         has = qc >= 0
@@ -129,7 +129,7 @@ class DnsFeatures(TransformerMixin, BaseEstimator):
             "dns_has_query": has.astype(float), "dns_query_len": block[:, 0], "dns_labels": block[:, 1],
             "dns_entropy": block[:, 2], "dns_nxdomain": nx, "dns_host_nxdomain_ratio": ratio[src],
         }
-        return pd.DataFrame(out, index=X.index)
+        return feature_frame(out, self.feature_names_out_, X.index)
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         check_is_fitted(self, "feature_names_out_")

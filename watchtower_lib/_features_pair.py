@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._features_conn import host_codes, numeric, require_columns, time_ns
+from ._features_conn import feature_frame, host_codes, numeric, require_columns, time_ns
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class PairBeaconFeatures(TransformerMixin, BaseEstimator):
             "pair_size_score": size_score,
             "pair_beacon_score": (ts_score + size_score) / 2,
         }
-        return pd.DataFrame({k: v[pair] for k, v in per_pair.items()}, index=X.index)
+        return feature_frame({k: v[pair] for k, v in per_pair.items()}, self.feature_names_out_, X.index)
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         check_is_fitted(self, "feature_names_out_")
