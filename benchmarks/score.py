@@ -26,7 +26,8 @@ Stages timed, each on the whole tiled frame:
 
 Each stage runs ``--repeat`` times and the best run is reported, in wall seconds and in CPU seconds of
 this process (all threads): on a machine shared with other jobs the CPU seconds are the steadier
-measure of what scoring costs.
+measure of what scoring costs. The first run's wall time is printed too: it pays the page faults of
+memory the process touches for the first time, as a one-off ``watchtower detect`` does.
 
 Usage: python benchmarks/score.py [--rows 1000000] [--repeat 3] [--n-jobs 2] [--data ../shared/data]
 """
@@ -76,7 +77,7 @@ def timed(label: str, rows: int, fn, results: list[tuple[str, float, float, floa
     elapsed, used = min(walls), min(cpus)
     results.append((label, elapsed, used, rows / elapsed))
     print(f"{label:<34} {elapsed:8.2f} s wall {rows / elapsed:12,.0f} conn/s | {used:7.2f} CPU-s "
-          f"{rows / used:12,.0f} conn/CPU-s", flush=True)
+          f"{rows / used:12,.0f} conn/CPU-s | first run {walls[0]:6.2f} s", flush=True)
     return out
 
 

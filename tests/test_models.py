@@ -190,13 +190,15 @@ def test_explanations_name_the_features_that_pushed_the_score(caps, names, fores
     assert len(explained) == len(rows)
     medians = models.baseline_medians(forest)
     feats = forest[:-1].transform(c011)
+    names = models.feature_names(forest)
+    assert feats.shape == (len(c011), 103) and feats.flags.c_contiguous and feats.dtype == np.float32
     for pos, items in zip(rows, explained):
         assert len(items) == 3
         assert [d["effect"] for d in items] == sorted((d["effect"] for d in items), reverse=True)
         for d in items:
             assert set(d) == {"feature", "value", "baseline_median", "effect"}
             assert d["baseline_median"] == pytest.approx(medians[d["feature"]])
-            assert d["value"] == pytest.approx(feats[d["feature"]].iloc[pos])
+            assert d["value"] == pytest.approx(float(feats[pos, names.index(d["feature"])]))
     # the strongest push is real: putting that feature at its median lowers P(malicious) by `effect`
     first = explained[0][0]
     assert first["effect"] > 0

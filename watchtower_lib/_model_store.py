@@ -85,11 +85,15 @@ def library_versions() -> dict[str, str]:
 
 def feature_names(model: Any) -> list[str]:
     """Names of the features the fitted pipeline's estimator sees."""
-    baseline = model.named_steps.get("baseline") if hasattr(model, "named_steps") else None
-    if baseline is None or not hasattr(baseline, "feature_names_in_"):
+    steps = model.named_steps if hasattr(model, "named_steps") else {}
+    baseline, union = steps.get("baseline"), steps.get("features")
+    if baseline is None or union is None or not hasattr(baseline, "medians_"):
         raise ModelError(f"{type(model).__name__} is not a fitted Watch Tower pipeline "
-                         f"(no 'baseline' step with feature names)")
-    return [str(n) for n in baseline.feature_names_in_]
+                         f"(needs fitted 'features' and 'baseline' steps)")
+    names = [str(n) for n in union.get_feature_names_out()]
+    if len(names) != baseline.n_features_in_:
+        raise ModelError(f"the pipeline's features ({len(names)}) and baseline ({baseline.n_features_in_}) disagree")
+    return names
 
 
 def feature_stats(model: Any) -> dict[str, dict[str, float]]:

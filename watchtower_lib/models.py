@@ -101,6 +101,13 @@ def _binary_labels(y: Any) -> tuple[np.ndarray, np.ndarray]:
     return (num == 1).astype("int64"), ~np.isnan(num)
 
 
+def _array_features(windows: tuple[float, ...]) -> Any:
+    """The feature union with plain array output: inside a model, the four frames are stacked once
+    into one row-major float32 array that the baseline and the forest use without another copy.
+    (``build_features()`` on its own returns a DataFrame, for notebooks.)"""
+    return build_features(windows).set_output(transform="default")
+
+
 def build_supervised(random_state: int = 0, *, n_estimators: int = 60, max_depth: int | None = 14,
                      n_jobs: int | None = None, windows: tuple[float, ...] = (60.0, 3600.0)) -> Pipeline:
     """Unfitted pipeline: features -> baseline -> :class:`LabelForest` (class-weighted).
@@ -111,8 +118,8 @@ def build_supervised(random_state: int = 0, *, n_estimators: int = 60, max_depth
     """
     forest = LabelForest(n_estimators=n_estimators, class_weight="balanced_subsample", min_samples_leaf=2,
                          max_depth=max_depth, random_state=random_state, n_jobs=n_jobs)
-    return Pipeline([("features", build_features(windows)), ("baseline", FeatureBaseline()),
-                     ("forest", forest)]).set_output(transform="pandas")
+    return Pipeline([("features", _array_features(windows)), ("baseline", FeatureBaseline()),
+                     ("forest", forest)])
 
 
 def build_unsupervised(random_state: int = 0, *, n_estimators: int = 100, n_jobs: int | None = None,
@@ -120,8 +127,8 @@ def build_unsupervised(random_state: int = 0, *, n_estimators: int = 100, n_jobs
     """Unfitted pipeline: features -> baseline -> IsolationForest (256-row subsamples)."""
     forest = IsolationForest(n_estimators=n_estimators, max_samples=256, random_state=random_state,
                              n_jobs=n_jobs)
-    return Pipeline([("features", build_features(windows)), ("baseline", FeatureBaseline()),
-                     ("forest", forest)]).set_output(transform="pandas")
+    return Pipeline([("features", _array_features(windows)), ("baseline", FeatureBaseline()),
+                     ("forest", forest)])
 
 
 def training_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -176,9 +183,8 @@ def score_both(supervised: Pipeline, unsupervised: Pipeline, conn_df: pd.DataFra
 
     if settings(supervised) != settings(unsupervised) or feature_names(supervised) != feature_names(unsupervised):
         return malicious_proba(supervised, conn_df), anomaly_score(unsupervised, conn_df)
-    feats = supervised.named_steps["baseline"].transform(supervised.named_steps["features"].transform(conn_df))
-    frame = pd.DataFrame(feats, columns=feature_names(supervised), copy=False)
-    return _score_features(supervised[-1], frame), _score_features(unsupervised[-1], frame)
+    feats = supervised[:-1].transform(conn_df)
+    return _score_features(supervised[-1], feats), _score_features(unsupervised[-1], feats)
 
 
 def _score_features(estimator: Any, X: Any) -> np.ndarray:
@@ -191,10 +197,9 @@ def _score_features(estimator: Any, X: Any) -> np.ndarray:
 def _feature_matrix(model: Pipeline, conn_df: pd.DataFrame, rows: Any) -> tuple[np.ndarray, list[str]]:
     feats = model[:-1].transform(conn_df)
     names = feature_names(model)
-    arr = np.asarray(feats, dtype=float)
+    arr = np.asarray(feats, dtype=np.float32)
     if rows is not None:
-        idx = np.asarray(rows)
-        arr = arr[idx] if idx.dtype != bool else arr[idx]
+        arr = arr[np.asarray(rows)]
     return arr, names
 
 
@@ -212,8 +217,8 @@ def predict_family(model: Pipeline, conn_df: pd.DataFrame, rows: Any = None) -> 
     forest = model[-1]
     if getattr(forest, "family_forest_", None) is None:
         raise ModelError("this supervised model knows no attack families (trained without 'detail')")
-    X, names = _feature_matrix(model, conn_df, rows)
-    return np.asarray(forest.family_forest_.predict(pd.DataFrame(X, columns=names)), dtype=object)
+    X, _ = _feature_matrix(model, conn_df, rows)
+    return np.asarray(forest.family_forest_.predict(X), dtype=object)
 
 
 def baseline_medians(model: Pipeline) -> pd.Series:
@@ -244,11 +249,11 @@ def explain(model: Pipeline, conn_df: pd.DataFrame, top: int = 3, rows: Any = No
     for start in range(0, n, chunk):  # chunk rows x f perturbations per forest call
         part = X[start:start + chunk]
         m = len(part)
-        base = _score_features(est, pd.DataFrame(part, columns=names))
+        base = _score_features(est, part)
         stacked = np.repeat(part, f, axis=0)
         cols = np.tile(np.arange(f), m)
         stacked[np.arange(m * f), cols] = med[cols]
-        moved = _score_features(est, pd.DataFrame(stacked, columns=names)).reshape(m, f)
+        moved = _score_features(est, stacked).reshape(m, f)
         effect = base[:, None] - moved
         for i in range(m):
             order = np.argsort(-effect[i], kind="stable")[:top]
