@@ -19,7 +19,8 @@ NUMERIC = ["duration", "orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts"]
 
 def alerts_from_conn(conn: pd.DataFrame, threshold: float, version: str = "store-test-v1") -> pd.DataFrame:
     """Real alerts without the models module: an IsolationForest over log-scaled conn counters."""
-    x = np.log1p(conn[NUMERIC].astype(float).fillna(0.0).to_numpy())
+    num = conn[NUMERIC].assign(duration=conn["duration"].dt.total_seconds())  # pandas 3.1 refuses timedelta -> float
+    x = np.log1p(num.astype(float).fillna(0.0).to_numpy())
     score = -IsolationForest(random_state=0, n_estimators=50).fit(x).score_samples(x)
     rows = np.flatnonzero(score >= threshold)
     sub = conn.iloc[rows]
