@@ -327,10 +327,6 @@ def test_sample_data_is_ingestible(tmp_path: Path) -> None:
     assert os.path.getsize(tmp_path / "store" / "_manifest.sqlite") > 0
 
 
-@pytest.mark.xfail(strict=True, raises=StoreError,
-                   reason="reader: JSON logs without _path (ZAT json/conn.log, the nmap conn.log) get inferred "
-                          "types instead of the built-in schema their file name names, so id.orig_p is int64 "
-                          "there and uint16 in TSV; remove this mark when zeek.py falls back to the file name")
 def test_every_sample_log_type_loads(tmp_path: Path) -> None:
     """What the demo's later phases do: load each log type of the sample store as one frame."""
     target = tmp_path / "store"
@@ -338,6 +334,8 @@ def test_every_sample_log_type_loads(tmp_path: Path) -> None:
     for log_type in store.log_types(target):
         df = store.load(target, log_type)
         assert len(df) == int(store.summary(target).set_index("log_type").loc[log_type, "rows"])
+    # JSON files without _path (zat's json/conn.log) take conn's built-in types from the file name
+    assert str(store.load(target, "conn")["id.orig_p"].dtype) == "UInt16"
 
 
 def test_folder_walk_skips_hidden_folders_and_stores(shared_data: Path, tmp_path: Path) -> None:
