@@ -74,7 +74,7 @@ def test_html_is_offline_with_plotly_inlined_once(executed, tmp_path):
     assert html.count("Plotly.newPlot(") == 3
     assert html.count("* plotly.js v") == 1  # the library itself, inlined once
     assert "cdn.plot.ly/plotly" not in html
-    assert "<script src=\"http" not in html and "require.min.js" not in html
+    assert "<script src=\"http" not in html and "require.min.js" not in html and "cdnjs" not in html
     assert "px.histogram" not in html and "conn_log" not in html  # no code, no parameters cell
     assert all(f">{h}<" in html or f"{h}<a" in html for h in HEADINGS)
     assert "<title>Render test</title>" not in html  # title only when asked

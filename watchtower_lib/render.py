@@ -53,13 +53,14 @@ class ReportFiles:
 def offline_plotly() -> None:
     """Make plotly figures in this kernel survive nbconvert and work offline.
 
-    Sets the ``notebook`` renderer: plotly.js is inlined once (with the first figure) and each
-    figure is HTML that nbconvert keeps, unlike the default renderer's mimetype output under
-    papermill. Same as ``report.setup_notebook()``; for notebooks that show figures of their own.
+    plotly's ``notebook`` renderer inlines plotly.js once and gives HTML that nbconvert keeps
+    (unlike the default renderer's mimetype output under papermill), but it also adds a cdnjs
+    MathJax ``<script src>`` to every figure; ``report.setup_notebook()`` strips that, so this
+    delegates to it: one renderer for every notebook.
     """
-    import plotly.io as pio
+    from .report import setup_notebook
 
-    pio.renderers.default = "notebook"
+    setup_notebook()
 
 
 def template_dir() -> Path:
