@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import threading
 import uuid
@@ -248,6 +249,7 @@ def deployment(tmp_path, shared_data, trained):
 
 def _config(root, **sections) -> str:
     text = f"store_dir: {root / 'store'}\nmodels_dir: {root / 'models'}\nalerts_db: {root / 'alerts.sqlite'}\n"
+    sections.setdefault("detection", ["supervised_threshold: 0.5"])  # the test forest's card has no threshold
     for name, body in sections.items():
         text += f"{name}:\n" + "".join(f"  {line}\n" for line in body)
     path = root / "watchtower.yml"
@@ -361,3 +363,42 @@ def test_a_model_without_baseline_still_alerts_unexplained(scan, caplog):
     found = alerts.detect(scan, None, (plain, {"version": "plain", "threshold": 0.6}))
     assert len(found) > 0 and (found["explanation_json"] == "[]").all()
     assert "unknown alerts without explanations" in caplog.text
+
+
+def test_detection_after_retraining_does_not_store_the_same_connections_again(deployment, trained, found):
+    """The scheduled pipeline retrains before each detection: a new model version must not re-alert."""
+    from watchtower_lib import detection, models
+    from watchtower_lib.alert_store import AlertStore
+    from watchtower_lib.config import load
+
+    settings = load(_config(deployment), env={})
+    first = detection.run(settings)
+    assert (first.connections, len(first.alerts), first.new_alerts) == (4504, len(found), len(found))
+    assert all(first.model_versions.values())
+    uns, card = trained[1]
+    version, vdir = models.new_version(deployment / "models", "unsupervised")
+    models.save(uns, vdir, {**card, "version": version, "kind": "unsupervised"})  # phase 5 of the next run
+    second = detection.run(settings)
+    assert second.model_versions["unsupervised"] == version
+    unknown = int((found["kind"] == "unknown").sum())
+    assert unknown > 0 and second.already_alerted == unknown and second.new_alerts == 0
+    assert len(AlertStore(settings.alerts_db).alerts()) == len(found)
+    assert f"{unknown:,} connections already alerted by an earlier model version" in second.summary()
+
+
+def test_detection_uses_the_supervised_cards_threshold_unless_configured(deployment, trained, scan):
+    """No ``detection.supervised_threshold`` in the config: the card's calibrated threshold decides."""
+    from watchtower_lib import detection, models
+    from watchtower_lib.config import load
+
+    sup, card = trained[0]
+    proba = models.malicious_proba(sup, scan)
+    strict = float(np.quantile(proba, 0.99))
+    shutil.rmtree(deployment / "models" / "supervised")
+    version, vdir = models.new_version(deployment / "models", "supervised")
+    models.save(sup, vdir, {**card, "version": version, "kind": "supervised", "threshold": strict})
+    settings = load(_config(deployment, detection=["window_days: 7"]), env={})
+    assert settings.detection.supervised_threshold is None
+    known = detection.run(settings, index=False).alerts.query("kind == 'known'")
+    assert len(known) == int((proba >= strict).sum()) > 0
+    assert known["score"].min() >= strict

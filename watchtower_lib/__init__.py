@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "config", "errors", "zeek", "labels", "store", "collect", "features", "models",
-    "alerts", "notify", "es", "behaviour", "report", "explore", "runner", "schedule",
+    "alerts", "detection", "notify", "es", "behaviour", "report", "explore", "runner", "schedule",
     "render", "alert_store",
 }
 _NAMES = {

@@ -99,7 +99,9 @@ class DetectionConfig:
     target_alert_rate: float = 0.01  # share of connections the isolation forest may alert on
     window_days: int = 7  # how much of the store the unsupervised model retrains on
     keep_models: int = 5  # model versions kept on disk
-    supervised_threshold: float = 0.5  # probability of malicious above which the forest alerts
+    # probability of malicious from which the forest alerts; None (the default): the threshold the
+    # supervised model card records, calibrated to a 1% false-positive rate on held-out captures
+    supervised_threshold: float | None = None
     incident_window_minutes: int = 60  # alerts of one source, destination and kind grouped
 
 

@@ -35,37 +35,13 @@ def detect(ctx: click.Context, start: str | None, end: str | None, send: bool | 
     Exit codes: 0 done; 2 error (nothing stored, e.g. no model or no data);
     3 alerts stored but a notification failed (retried next run).
     """
-    from .. import alerts as alerts_mod
-    from .. import models, store
     from ..alert_store import AlertStore
-    from ..errors import ModelError
+    from ..detection import run
 
     settings = settings_from(ctx)
-    conn = store.load(settings.store_dir, "conn", start=start, end=end)
-    if len(conn) and "dns" in store.log_types(settings.store_dir):  # as in training: DNS features by uid
-        from ..features import join_logs
-
-        conn = join_logs(conn, dns=store.load(settings.store_dir, "dns", start=start, end=end,
-                                              columns=["uid", "query", "rcode_name"]))
-    supervised = _latest(models, settings.models_dir, "supervised")
-    unsupervised = _latest(models, settings.models_dir, "unsupervised")
-    if supervised is None and unsupervised is None:
-        raise ModelError(f"no trained model under {settings.models_dir}: run "
-                         f"`watchtower train --supervised` and/or `watchtower train --unsupervised` first")
-    found = alerts_mod.detect(conn, supervised, unsupervised,
-                              supervised_threshold=settings.detection.supervised_threshold)
+    result = run(settings, start, end)
+    click.echo(f"{result.summary()}  -> {settings.alerts_db}")
     db = AlertStore(settings.alerts_db)
-    added = db.upsert_alerts(found)
-    created = 0
-    if len(found):  # regroup every stored alert of these sources, so incidents span runs
-        stored = db.alerts()
-        stored = stored[stored["src_ip"].isin(set(found["src_ip"].dropna()))]
-        incidents = alerts_mod.group_incidents(stored, settings.detection.incident_window_minutes)
-        created = db.upsert_incidents(incidents)
-    click.echo(f"{len(conn):,} connections scored: {len(found):,} alerts ({added:,} new), "
-               f"{created:,} new incidents  -> {settings.alerts_db}")
-    if settings.elasticsearch.enabled:
-        _index_pending(db, settings)
     code = 0
     open_incidents = db.incidents()
     open_incidents = open_incidents[open_incidents["status"] != "closed"]
@@ -80,36 +56,6 @@ def detect(ctx: click.Context, start: str | None, end: str | None, send: bool | 
         code = 0 if report.ok else EXIT_NOTIFY_FAILED
     _print_table(open_incidents)
     ctx.exit(code)
-
-
-def _latest(models: Any, models_dir: Path, kind: str) -> Any:
-    """The newest model of ``kind`` as ``(pipeline, card)``, or None when none was trained yet."""
-    path = models.latest(models_dir, kind)
-    if path is None:
-        log.info("no %s model under %s", kind, models_dir)
-        return None
-    model = models.load(path)  # ModelError when unsafe, stale or changed: better stop than score wrongly
-    card = models.read_card(path)
-    log.info("%s model %s (threshold %s)", kind, card.get("version"), card.get("threshold"))
-    return model, card
-
-
-def _index_pending(db: Any, settings: Any) -> None:
-    """Index every alert Elasticsearch lacks; on failure warn and keep them pending for the next run."""
-    from ..alert_store import index_pending
-    from ..errors import IntegrationError, MissingDependencyError
-
-    try:
-        report = index_pending(db, settings=settings)
-    except (IntegrationError, MissingDependencyError) as exc:
-        click.echo(f"warning: alerts not indexed into Elasticsearch ({exc}); {len(db.pending_es()):,} alerts "
-                   f"stay pending in {settings.alerts_db} and the next run indexes them", err=True)
-        return
-    if report.failed:
-        click.echo(f"warning: Elasticsearch rejected {report.failed} of {report.total} alerts "
-                   f"({dict(report.errors)}); they stay pending", err=True)
-    elif report.total:
-        click.echo(f"elasticsearch: {report.total:,} alerts indexed ({report.created:,} new)")
 
 
 def _print_table(incidents: Any, limit: int = 20) -> None:
