@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("WATCHTOWER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TEST_DATA = Path(__file__).resolve().parent / "data"
 
+# Hermetic settings: a WATCHTOWER_* setting in the shell (or the node URL .ci/run exports) must not
+# reach the notebook kernels the pipeline tests start, which load their settings from the
+# environment too. The node URL is kept here for the tests that want a node (``ES_URL``).
+ES_URL = os.environ.get("WATCHTOWER_ES_URL")
+for _name in [n for n in os.environ if n.startswith("WATCHTOWER_")]:
+    if not _name.startswith("WATCHTOWER_REQUIRE_") and _name not in ("WATCHTOWER_SHARED_DATA", "WATCHTOWER_CHROMIUM"):
+        del os.environ[_name]
+
 # name -> how a user gets it (shown in skip reasons)
 COMPONENTS = {
     "DATA": "the shared Zeek corpus at ../shared/data (or set WATCHTOWER_SHARED_DATA)",
@@ -52,7 +60,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     present = {
         "DATA": SHARED_DATA.is_dir(),
         "SSHD": Path("/usr/sbin/sshd").exists(),
-        "ES": bool(os.environ.get("WATCHTOWER_ES_URL")),
+        "ES": bool(ES_URL),
         "CHROMIUM": bool(shutil.which("chromium") or shutil.which("chromium-browser")),
         "POPPLER": bool(shutil.which("pdftoppm")),
         "SFTP": bool(shutil.which("sftp")),

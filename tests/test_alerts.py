@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import require
+from conftest import ES_URL, require
 from watchtower_lib import alerts, zeek
 from watchtower_lib.errors import ModelError
 
@@ -303,11 +303,10 @@ def test_cli_detect_catches_up_on_elasticsearch(deployment, found, monkeypatch):
     from watchtower_lib.cli import cli
     from watchtower_lib.config import load
 
-    url = os.environ.get("WATCHTOWER_ES_URL")
+    url = ES_URL
     require("ES", bool(url), "set WATCHTOWER_ES_URL to a running node (scripts/es-node start)")
     prefix = f"wt-alerts-test-{uuid.uuid4().hex[:8]}"
     down = _config(deployment, elasticsearch=[f"url: http://127.0.0.1:{_closed_port()}", "max_retries: 0"])
-    monkeypatch.delenv("WATCHTOWER_ES_URL")
     runner = CliRunner()
     assert runner.invoke(cli, ["--config", down, "detect"]).exit_code == 0
     db = AlertStore(deployment / "alerts.sqlite")

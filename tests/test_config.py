@@ -80,6 +80,16 @@ def test_unknown_section_in_environment_is_an_error():
         config.load(env={"WATCHTOWER_ELASTIC__URL": "x"})
 
 
+def test_secret_and_tool_variables_are_not_read_as_settings():
+    """The documented secret variables (``api_key_env: WATCHTOWER_ES_API_KEY``) and the variables of
+    scripts/es-node and the PDF renderer sit beside settings in the environment; a typo still fails."""
+    env = {"WATCHTOWER_ES_API_KEY": "k", "WATCHTOWER_SMTP_PASSWORD": "p", "WATCHTOWER_ES_VERSION": "8.19.8",
+           "WATCHTOWER_CHROMIUM": "/usr/bin/chromium", "WATCHTOWER_STORE_DIR": "/srv/store"}
+    assert str(config.load(env=env).store_dir) == "/srv/store"
+    with pytest.raises(ConfigError, match="did you mean 'store_dir'"):
+        config.load(env={"WATCHTOWER_STORE_DRI": "/srv/store"})
+
+
 def test_password_comes_only_from_the_named_variable(tmp_path, monkeypatch):
     path = write(tmp_path, "sensors:\n  - {name: a, host: h, password_env: SENSOR_A_PW}\n")
     sensor = config.load(path, env={}).sensor("a")

@@ -36,8 +36,13 @@ from .errors import ConfigError
 ENV_PREFIX = "WATCHTOWER_"
 _ALIASES = {"WATCHTOWER_ES_URL": ("elasticsearch", "url")}
 _NOT_KEYS = {"WATCHTOWER_CONFIG"} | {  # test switches and tool variables, not settings
-    "WATCHTOWER_SHARED_DATA",
+    "WATCHTOWER_SHARED_DATA", "WATCHTOWER_CHROMIUM",
+    # scripts/es-node
+    "WATCHTOWER_ES_VERSION", "WATCHTOWER_ES_ZIP", "WATCHTOWER_ES_STATE", "WATCHTOWER_ES_USER",
+    "WATCHTOWER_ES_HEAP", "WATCHTOWER_ES_TIMEOUT", "WATCHTOWER_ES_RUNDIR", "WATCHTOWER_ES_JAVA_OPTS",
 }
+# Secrets live in variables the config names (``password_env``, ``api_key_env``), often with our prefix.
+_SECRET_SUFFIXES = ("_PASSWORD", "_API_KEY", "_TOKEN", "_SECRET")
 
 
 @dataclass(frozen=True)
@@ -227,7 +232,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     hints = typing.get_type_hints(Settings)
     section_names = {name for name, tp in hints.items() if dataclasses.is_dataclass(tp)}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name in _NOT_KEYS or name.startswith("WATCHTOWER_REQUIRE_"):
+        if (not name.startswith(ENV_PREFIX) or name in _NOT_KEYS or name.startswith("WATCHTOWER_REQUIRE_")
+                or name.endswith(_SECRET_SUFFIXES)):
             continue
         if name in _ALIASES:
             section, key = _ALIASES[name]
