@@ -122,6 +122,9 @@ def dying(real):
 
 if where == "rename":
     os.replace = dying(os.replace)
+elif where == "unlink":
+    import pathlib
+    pathlib.Path.unlink = dying(pathlib.Path.unlink)
 else:
     pq.ParquetWriter.write_table = dying(pq.ParquetWriter.write_table)
 store.ingest(paths, target)
@@ -399,3 +402,112 @@ def test_text_width_change_between_reader_versions_is_not_a_conflict(
     df = store.load(target, "conn")
     assert len(df) == 361 + 18 and df["uid"].notna().all()
     assert df["uid"].dtype == zeek.read_log(shared_data / RAT_CONN)["uid"].dtype
+
+
+# ------------------------------------------------------- a log that grows or is replaced at its path
+def _first_half(path: Path) -> bytes:
+    """The first half of a real log's lines, header included: what Zeek has written so far."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    return b"".join(lines[: len(lines) // 2])
+
+
+def test_grown_log_replaces_its_earlier_version(shared_data: Path, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """current/conn.log ingested half-written, then complete: every row once, as in the source."""
+    source = shared_data / RAT_CONN
+    source_uids = zeek.read_log(source)["uid"]
+    assert len(source_uids) == 361 and source_uids.is_unique
+    live = tmp_path / "current" / "conn.log"
+    live.parent.mkdir()
+    live.write_bytes(_first_half(source))
+    target = tmp_path / "store"
+
+    first = store.ingest([live], target)
+    assert first.rows_by_log_type == {"conn": 177} and first.files_replaced == 0
+    old_parts = _visible_parquet(target)
+
+    shutil.copyfile(source, live)  # Zeek wrote the rest (and #close)
+    with caplog.at_level("INFO", logger="watchtower_lib.store"):
+        grown = store.ingest([live], target)
+    assert (grown.files_ingested, grown.files_replaced, grown.rows_replaced) == (1, 1, 177)
+    assert grown.rows_by_log_type == {"conn": 361}
+    assert any("grew from" in r.getMessage() and r.levelname == "INFO" for r in caplog.records)
+    df = store.load(target, "conn")
+    assert len(df) == 361 and df["uid"].is_unique
+    assert sorted(df["uid"]) == sorted(source_uids)
+    assert int(store.summary(target).loc[0, "rows"]) == 361 and int(store.summary(target).loc[0, "files"]) == 1
+    assert old_parts.isdisjoint(_visible_parquet(target))  # the earlier version's files are gone
+    assert _visible_parquet(target) == set(store.files(target, "conn"))
+
+    again = store.ingest([live], target)  # unchanged: a no-op
+    assert (again.files_ingested, again.files_skipped, again.files_replaced, again.rows) == (0, 1, 0, 0)
+    assert len(store.load(target, "conn")) == 361
+
+
+def test_rotation_to_the_same_name_replaces_with_a_warning(shared_data: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Different content at the same path (not a prefix): the new file's rows replace the old ones."""
+    live = tmp_path / "conn.log"
+    shutil.copyfile(shared_data / RAT_CONN, live)
+    target = tmp_path / "store"
+    store.ingest([live], target)
+    other = tmp_path / "other"  # the same path under another sensor is another log, never replaced
+    store.ingest([live], other, sensor="s1")
+
+    shutil.copyfile(shared_data / "scenarios/stratosphere-sdt/006-ssh-honeypot-rpi/conn.log", live)  # 18 rows
+    with caplog.at_level("WARNING", logger="watchtower_lib.store"):
+        report = store.ingest([live], target)
+    assert (report.files_replaced, report.rows_replaced, report.rows) == (1, 361, 18)
+    assert any("does not start with the earlier version" in r.getMessage() for r in caplog.records)
+    assert len(store.load(target, "conn")) == 18
+
+    store.ingest([live], other, sensor="s2")
+    assert len(store.load(other, "conn", sensor="s1")) == 361
+    assert len(store.load(other, "conn", sensor="s2")) == 18
+
+
+@pytest.mark.parametrize(("where", "kill_at", "rows"), [("rename", 1, 177), ("unlink", 1, 361)])
+def test_killed_replacement_shows_one_version_and_rerun_completes(
+        shared_data: Path, tmp_path: Path, where: str, kill_at: int, rows: int) -> None:
+    """SIGKILL before the commit (renaming the new part: old rows stay) or after it (removing the old part)."""
+    live = tmp_path / "conn.log"
+    live.write_bytes(_first_half(shared_data / RAT_CONN))
+    target = tmp_path / "store"
+    store.ingest([live], target)
+    shutil.copyfile(shared_data / RAT_CONN, live)
+    proc = subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, where, str(kill_at), str(target), str(live)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+    df = store.load(target, "conn")  # never both versions, never neither
+    assert len(df) == rows and df["uid"].is_unique
+    assert len(_visible_parquet(target) | set(_temp_files(target))) == 2  # one file is an orphan
+
+    report = store.ingest([live], target)
+    assert report.files_ingested == (1 if where == "rename" else 0)
+    assert _temp_files(target) == [] and _visible_parquet(target) == set(store.files(target, "conn"))
+    df = store.load(target, "conn")
+    assert len(df) == 361 and df["uid"].is_unique
+
+
+def test_store_written_before_sizes_were_kept_is_upgraded(shared_data: Path, tmp_path: Path) -> None:
+    """A version-1 manifest (no sources.size): the grown log still replaces its earlier version."""
+    import sqlite3
+
+    live = tmp_path / "conn.log"
+    live.write_bytes(_first_half(shared_data / RAT_CONN))
+    target = tmp_path / "store"
+    store.ingest([live], target)
+    with sqlite3.connect(target / "_manifest.sqlite") as db:  # what version 1 wrote
+        db.execute("DROP INDEX sources_by_path")
+        db.execute("ALTER TABLE sources DROP COLUMN size")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    shutil.copyfile(shared_data / RAT_CONN, live)
+    report = store.ingest([live], target)
+    assert (report.files_replaced, report.rows) == (1, 361)
+    assert len(store.load(target, "conn")) == 361
+    with sqlite3.connect(target / "_manifest.sqlite") as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert db.execute("SELECT size FROM sources").fetchall() == [(live.stat().st_size,)]
+    db.close()

@@ -12,6 +12,14 @@ of its Parquet parts. It needs no server and survives power loss.
 
 The manifest also keeps each part's row count, time range and Arrow schema, so
 ``summary`` and schema unification never open a Parquet file.
+
+Why sources also know their path and size: a Zeek log that is still being
+written (``current/conn.log``) is ingested again when it grows, and its new
+content has a new hash. Keyed on content alone, the grown file would be a new
+source and its earlier rows would be stored twice. So an ingest looks up the
+earlier versions from the same (absolute path, sensor) and :meth:`Manifest.record`
+swaps them for the new version in the same transaction that commits the new
+parts (see :func:`watchtower_lib.store.ingest` for the order of the steps).
 """
 from __future__ import annotations
 
@@ -28,18 +36,19 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_manifest.sqlite"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: sources.size, index on (path, sensor)
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
     sha256      TEXT PRIMARY KEY,  -- of the source file's bytes, as stored (compressed or not)
-    path        TEXT NOT NULL,     -- where it was ingested from (first time)
+    path        TEXT NOT NULL,     -- where it was ingested from (first time; absolute since version 2)
     sensor      TEXT NOT NULL,
     log_type    TEXT NOT NULL,
     rows        INTEGER NOT NULL,
     schema      BLOB,              -- Arrow IPC schema of the file's rows (kept for header-only files)
-    ingested_at TEXT NOT NULL
+    ingested_at TEXT NOT NULL,
+    size        INTEGER            -- bytes of the source file (NULL for sources ingested before version 2)
 );
 CREATE TABLE IF NOT EXISTS parts (
     relpath  TEXT PRIMARY KEY,     -- <log_type>/date=YYYY-MM-DD/<sha256>-<n>.parquet, relative to the store
@@ -53,6 +62,10 @@ CREATE TABLE IF NOT EXISTS parts (
 );
 CREATE INDEX IF NOT EXISTS parts_by_type ON parts(log_type, day);
 """
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS parts_by_source ON parts(sha256)",
+    "CREATE INDEX IF NOT EXISTS sources_by_path ON sources(path, sensor)",
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,18 @@ class Part:
     max_ts: int | None
     schema: pa.Schema
     source_path: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One committed source file (a version of a log as it was when ingested)."""
+
+    sha256: str
+    path: str
+    sensor: str
+    log_type: str
+    rows: int
+    size: int | None  # None for sources recorded before the manifest kept sizes
 
 
 def _schema_blob(schema: pa.Schema) -> bytes:
@@ -95,6 +120,17 @@ class Manifest:
                 self._db.executescript(_DDL)
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                                  (str(_SCHEMA_VERSION),))
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a version-1 manifest to version 2 (adds ``sources.size``; old rows keep NULL)."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(sources)")}
+        with self._db:
+            if "size" not in columns:
+                self._db.execute("ALTER TABLE sources ADD COLUMN size INTEGER")
+            for statement in _INDEXES:
+                self._db.execute(statement)
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),))
 
     def close(self) -> None:
         self._db.close()
@@ -112,6 +148,23 @@ class Manifest:
     def source_of(self, sha256: str) -> str | None:
         row = self._db.execute("SELECT path FROM sources WHERE sha256 = ?", (sha256,)).fetchone()
         return None if row is None else str(row[0])
+
+    def sources_at(self, paths: Iterable[str], sensor: str) -> list[Source]:
+        """Committed sources ingested from any of ``paths`` for ``sensor`` (earlier versions of one log)."""
+        names = sorted(set(paths))
+        marks = ", ".join("?" * len(names))
+        rows = self._db.execute(
+            f"SELECT sha256, path, sensor, log_type, rows, size FROM sources "
+            f"WHERE sensor = ? AND path IN ({marks}) ORDER BY rowid", (sensor, *names)).fetchall()
+        return [Source(*r) for r in rows]
+
+    def part_relpaths(self, sha256s: Iterable[str]) -> list[str]:
+        """Relative paths of the committed parts of these sources."""
+        out: list[str] = []
+        for sha in sha256s:
+            out.extend(r[0] for r in self._db.execute(
+                "SELECT relpath FROM parts WHERE sha256 = ? ORDER BY relpath", (sha,)))
+        return out
 
     def log_types(self) -> list[str]:
         rows = self._db.execute("SELECT DISTINCT log_type FROM sources ORDER BY log_type").fetchall()
@@ -149,14 +202,28 @@ class Manifest:
 
     # ----------------------------------------------------------------- writes
     def record(self, *, sha256: str, path: str, sensor: str, log_type: str, rows: int,
-               schema: pa.Schema | None, parts: list[Part]) -> None:
-        """Commit one source file and all its parts in a single transaction (all or nothing)."""
+               schema: pa.Schema | None, parts: list[Part], size: int | None = None,
+               replaces: Iterable[str] = ()) -> None:
+        """Commit one source file and all its parts in a single transaction (all or nothing).
+
+        ``replaces``: SHA-256s of earlier versions of the same log; their source
+        and part rows are deleted in the same transaction, so a reader sees
+        either the old version or the new one, never both and never neither.
+        Their Parquet files are then no longer referenced; the caller removes
+        them after this returns (a crash in between leaves orphans, which the
+        next ingest deletes and no load ever reads).
+        """
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        old = [s for s in dict.fromkeys(replaces) if s != sha256]
         with self._db:
+            for sha in old:
+                self._db.execute("DELETE FROM parts WHERE sha256 = ?", (sha,))
+                self._db.execute("DELETE FROM sources WHERE sha256 = ?", (sha,))
             self._db.execute(
-                "INSERT INTO sources (sha256, path, sensor, log_type, rows, schema, ingested_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sha256, path, sensor, log_type, rows, None if schema is None else _schema_blob(schema), now),
+                "INSERT INTO sources (sha256, path, sensor, log_type, rows, schema, ingested_at, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (sha256, path, sensor, log_type, rows, None if schema is None else _schema_blob(schema), now,
+                 size),
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO parts (relpath, sha256, log_type, day, rows, min_ts, max_ts, schema) "

@@ -18,6 +18,27 @@ under hidden temporary names (pyarrow.dataset ignores names starting with ``.``)
 fsynced, renamed, and only then committed to the manifest in one transaction;
 :func:`load` reads committed parts only. The next ingest removes orphans (temp
 files, and renamed parts a crash left uncommitted).
+
+A log that changed at the same path (Zeek appending to ``current/conn.log``, or
+a log rotated to the same name) *replaces* its earlier version: the sources are
+matched on (absolute path, sensor), so a grown file's old rows are not stored a
+second time. The order makes the swap atomic for readers:
+
+1. write the new version's parts (temp names, fsync, rename) - not yet in the
+   manifest, so invisible; a crash here leaves the old version in place and
+   orphans that the next ingest deletes;
+2. one SQLite transaction deletes the old version's source and part rows and
+   inserts the new ones - the single commit point: before it readers see only
+   the old rows, after it only the new;
+3. unlink the old version's Parquet files - already unreferenced, so a crash
+   here only leaves orphans, which the next ingest deletes and no load reads.
+
+What is *not* deduplicated: the same rows under a different path. A log that
+Zeek rotates to another name (``current/conn.log`` later arriving as
+``2026-12-03/conn.00:00:00-01:00:00.log.gz``) is a different source, so rows
+that were ingested from ``current/conn.log`` before the rotation are stored
+again from the archive (until ``current/conn.log`` itself is replaced by new
+content). There is no row-level deduplication.
 """
 from __future__ import annotations
 
@@ -33,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from ._manifest import MANIFEST_NAME, Manifest
+from ._manifest import MANIFEST_NAME, Manifest, Source
 from ._store_read import files, load, log_types, summary
 from ._store_write import PartWriter, StoreLock, remove_orphans, safe_log_type, schema_with_sensor
 from .errors import StoreError, WatchtowerError
@@ -53,6 +74,8 @@ class IngestReport:
 
     files_ingested: int = 0
     files_skipped: int = 0  # content already in the manifest
+    files_replaced: int = 0  # earlier versions (same path and sensor) replaced by a changed file
+    rows_replaced: int = 0  # rows of those earlier versions, removed from the store
     rows_by_log_type: dict[str, int] = field(default_factory=dict)
     files_written: int = 0  # Parquet parts
     errors: dict[str, str] = field(default_factory=dict)  # source file -> one-line reason
@@ -82,7 +105,12 @@ def ingest(
         Zeek TSV or JSON (READMEs, label rules) are skipped with a log message.
     store_dir : the store; created when missing.
     sensor : value of the ``_sensor`` column (default ``"local"``). Content already
-        in the store is skipped whichever sensor it came from.
+        in the store is skipped whichever sensor it came from. A file whose path
+        (made absolute) and sensor match an earlier source but whose content
+        differs is a new version of that log: it replaces the earlier version's
+        rows (a grown log is stored once, not old rows twice). See the module
+        docstring for the crash-safe order, and for what is still duplicated
+        (the same rows under another file name after a rotation).
     errors : ``"raise"`` stops at the first unreadable file (files already
         committed stay committed); ``"skip"`` drops malformed rows (the reader's
         ``errors="skip"``) and records unreadable files in ``report.errors``.
@@ -139,12 +167,16 @@ def _ingest_file(path: Path, store: Path, manifest: Manifest, sensor: str, error
     from . import zeek
 
     before = _fingerprint(path)
-    digest = _sha256(path)
+    source = os.path.abspath(path)
+    # earlier versions of this log: stores written before paths were absolute match the name as given
+    earlier = manifest.sources_at({source, str(path)}, sensor)
+    digest, prefixes = _sha256(path, [s.size for s in earlier if s.size is not None and s.size <= before[0]])
     if manifest.has(digest):
         report.files_skipped += 1
         log.info("%s: already in the store (same content as %s)", path, manifest.source_of(digest))
         return
     log_type = safe_log_type(_log_type(path), path)
+    old_parts = manifest.part_relpaths(s.sha256 for s in earlier)
     writer = PartWriter(store, log_type, digest, sensor)
     try:
         for batch in zeek.iter_batches(path, errors=errors):
@@ -158,15 +190,46 @@ def _ingest_file(path: Path, store: Path, manifest: Manifest, sensor: str, error
         if _fingerprint(path) != before:  # the rows read may not be the content hashed
             raise StoreError(f"{path}: the file changed while it was being ingested (is Zeek still "
                              f"writing it?); ingest rotated logs, or run again once it is closed")
-        manifest.record(sha256=digest, path=str(path), sensor=sensor, log_type=log_type,
-                        rows=writer.rows, schema=schema, parts=parts)
+        # the commit point: the earlier versions' rows go and this file's arrive in one transaction
+        manifest.record(sha256=digest, path=source, sensor=sensor, log_type=log_type,
+                        rows=writer.rows, schema=schema, parts=parts, size=before[0],
+                        replaces=[s.sha256 for s in earlier])
     except BaseException:
         writer.abort()
         raise
+    # after the commit: the earlier versions' files are unreferenced (a crash here leaves orphans only)
+    _remove_replaced(store, old_parts)
+    for old in earlier:
+        _log_replaced(path, old, before[0], writer.rows,
+                      grown=old.size is not None and prefixes.get(old.size) == old.sha256)
+    report.files_replaced += len(earlier)
+    report.rows_replaced += sum(s.rows for s in earlier)
     report.files_ingested += 1
     report.files_written += len(parts)
     report.rows_by_log_type[log_type] = report.rows_by_log_type.get(log_type, 0) + writer.rows
     log.debug("%s: %d rows of %s in %d parts", path, writer.rows, log_type, len(parts))
+
+
+def _remove_replaced(store: Path, relpaths: list[str]) -> None:
+    """Delete the Parquet files of versions the manifest no longer lists (after the commit)."""
+    for relpath in relpaths:
+        try:
+            (store / relpath).unlink(missing_ok=True)
+        except OSError as exc:  # harmless: unreferenced, and the next ingest removes it as an orphan
+            log.warning("could not remove %s (%s); the next ingest removes it", store / relpath, exc)
+
+
+def _log_replaced(path: Path, old: Source, size: int, rows: int, *, grown: bool) -> None:
+    if grown:
+        log.info("%s: grew from %d to %d bytes since it was ingested; its earlier %d rows were replaced by the "
+                 "whole file's %d rows", path, old.size, size, old.rows, rows)
+    elif old.size is None:  # ingested before the manifest kept sizes: cannot tell growth from rotation
+        log.warning("%s: its content changed since it was ingested; the earlier version's %d rows were "
+                    "replaced by this file's %d rows", path, old.rows, rows)
+    else:
+        log.warning("%s: its content changed since it was ingested and does not start with the earlier "
+                    "version (rotated to the same name, or rewritten); the earlier version's %d rows were "
+                    "removed from the store and replaced by this file's %d rows", path, old.rows, rows)
 
 
 def _log_type(path: Path) -> str:
@@ -184,15 +247,28 @@ def _fingerprint(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, prefix_sizes: Iterable[int] = ()) -> tuple[str, dict[int, str]]:
+    """SHA-256 of the file, and of its first ``n`` bytes for each ``n`` in ``prefix_sizes`` (one read).
+
+    The prefix digests tell a log that grew (its earlier version is a prefix) from
+    one that was replaced.
+    """
     digest = hashlib.sha256()
+    prefixes: dict[int, str] = {}
+    position = 0
     try:
         with open(path, "rb") as fh:
+            for mark in sorted(set(prefix_sizes)):
+                while position < mark and (chunk := fh.read(min(1 << 20, mark - position))):
+                    digest.update(chunk)
+                    position += len(chunk)
+                if position == mark:
+                    prefixes[mark] = digest.copy().hexdigest()
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
     except OSError as exc:  # an input problem, not the store's: report it per file
         raise StoreError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    return digest.hexdigest()
+    return digest.hexdigest(), prefixes
 
 
 def _head_text(path: Path, size: int = 65536) -> str:
@@ -225,8 +301,11 @@ def _discover(paths: list[str | Path], report: IngestReport) -> list[Path]:
     """Expand folders and check every path exists.
 
     Walks folders in sorted order without entering hidden folders (``.venv``,
-    ``.git``) or a Watch Tower store (a folder holding ``_manifest.sqlite``), so
-    ``watchtower ingest .`` from a checkout reads the logs, not our own output.
+    ``.git``, and the ``.superseded/`` folders where collection keeps the older
+    copies of grown or rotated logs - their rows are already in the store, or
+    were replaced by the newer copy) or a Watch Tower store (a folder holding
+    ``_manifest.sqlite``), so ``watchtower ingest .`` from a checkout reads the
+    logs, not our own output.
     """
     out: list[Path] = []
     for item in paths:
