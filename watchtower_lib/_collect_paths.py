@@ -107,19 +107,28 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root if root == "/" else root + "/")
 
 
+SUPERSEDED_DIR = ".superseded"
+
+
 def old_copy_path(local: Path, stamp: str) -> Path:
-    """Where an older copy of ``local`` is kept: ``conn.log`` -> ``conn.prev-<stamp>.log``.
+    """Where an older copy of ``local`` is kept: ``current/conn.log`` -> ``current/.superseded/conn.prev-<stamp>.log``.
 
     The tag goes before the first dot so ``.log`` / ``.log.gz`` stay at the end
-    and the copy is still recognisable as a Zeek log.
+    and the copy is still recognisable as a Zeek log. The folder is hidden
+    because the store's folder walk skips hidden folders: phase 2 ingests whole
+    ``raw/<sensor>/`` folders, and an older copy there would store its rows a
+    second time (a grown log's old copy is a prefix of the new file, which
+    replaces it in the store). The copy is kept, and recorded in the
+    collection manifest's ``superseded`` table, just not ingested.
     """
     name = local.name
     cut = name.find(".", 1)
     stem, ext = (name, "") if cut < 0 else (name[:cut], name[cut:])
-    candidate = local.with_name(f"{stem}.prev-{stamp}{ext}")
+    folder = local.parent / SUPERSEDED_DIR
+    candidate = folder / f"{stem}.prev-{stamp}{ext}"
     n = 2
     while candidate.exists():
-        candidate = local.with_name(f"{stem}.prev-{stamp}-{n}{ext}")
+        candidate = folder / f"{stem}.prev-{stamp}-{n}{ext}"
         n += 1
     return candidate
 

@@ -15,7 +15,9 @@ The steps, and why:
    manifest check sees the file missing and fetches it again).
 5. **Never overwrite silently**: an older copy at the final name (a file that
    grew, or was replaced by rotation) is first renamed to
-   ``<stem>.prev-<UTC stamp><ext>`` and recorded in the manifest.
+   ``.superseded/<stem>.prev-<UTC stamp><ext>`` in the same folder and recorded
+   in the manifest. The folder is hidden so that ingesting ``raw/<sensor>/``
+   (phase 2) does not store the old copy's rows next to the new file's.
 """
 from __future__ import annotations
 
@@ -169,12 +171,14 @@ def finish(fetched: Fetched, manifest: Manifest, sensor: str, verify: Callable[[
     _fsync_file(part)
     if local_size is not None:
         old_copy = old_copy_path(local, stamp)
+        old_copy.parent.mkdir(exist_ok=True)
         os.replace(local, old_copy)
         manifest.superseded(sensor, rf.rel, old_copy, local_size, old_sha, kind)
         log.info("%s/%s: %s on the sensor (%d -> %d bytes); the previous copy is kept as %s",
                  sensor, rf.rel, kind, local_size, rf.size, old_copy.name)
     os.replace(part, local)
     if old_copy is not None:
+        fsync_dir(old_copy.parent)
         fsync_dir(local.parent)
     else:
         synced_dirs.add(local.parent)  # the caller fsyncs each folder once, after its batch

@@ -6,7 +6,8 @@ Why it is built this way:
   (size, and SHA-256 against the sensor's ``sha256sum`` where it has one),
   fsynced and renamed; ``raw/.manifest.sqlite`` records each complete version so
   a second run downloads nothing. Interrupted transfers resume; files that grew
-  or were rotated are fetched again and the older copy is kept
+  or were rotated are fetched again and the older copy is kept in a hidden
+  ``.superseded/`` folder beside it, which the store's folder walk skips
   (see ``_collect_transfer``).
 * **Nobody let in.** Host keys are checked against known_hosts, remote names and
   symlinks cannot lead outside ``remote_dir`` or ``raw/<sensor>/``
@@ -166,7 +167,12 @@ def ingest_new(report: CollectReport, settings: Settings, *, progress: bool = Fa
     """Hand each sensor's newly collected files to the store (what ``watchtower collect --ingest`` does).
 
     Unreadable files are recorded in each ``IngestReport.errors`` rather than
-    stopping the other files and sensors (``errors="skip"``).
+    stopping the other files and sensors (``errors="skip"``). A file that grew
+    or was rotated to the same name replaces its earlier version in the store
+    (same path and sensor), so its old rows are not stored twice; its older copy
+    under ``.superseded/`` is not ingested. A log rotated to a *different* name
+    is a different source: rows already ingested from the live file are stored
+    again from the archive (no row-level deduplication).
 
     Returns
     -------
