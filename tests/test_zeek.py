@@ -228,3 +228,29 @@ def test_errors_argument_is_checked(shared_data: Path) -> None:
 def test_missing_file_is_a_parse_error(tmp_path: Path) -> None:
     with pytest.raises(ZeekParseError, match="cannot open"):
         zeek.read_log(tmp_path / "nope.log")
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_file_without_line_breaks_fails_before_being_read_whole(
+        shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: bool) -> None:
+    """A real log with its line breaks removed: the reader stops at MAX_LINE_BYTES, not at EOF."""
+    import gzip
+
+    body = (shared_data / "labelled/stratosphere-sdt/008-ctu-normal-40-day1/conn.log.labeled").read_bytes()
+    flat = body.replace(b"\n", b" ")
+    path = tmp_path / ("flat.log.gz" if compress else "flat.log")
+    path.write_bytes(gzip.compress(flat) if compress else flat)
+    monkeypatch.setattr(_zeek_io, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(_zeek_io, "MAX_LINE_BYTES", 64 << 10)
+    read = []
+    real_chunks = _zeek_io.Source.chunks
+
+    def counting(self):  # how far the reader got before it gave up
+        for buf, n in real_chunks(self):
+            read.append(n)
+            yield buf, n
+
+    monkeypatch.setattr(_zeek_io.Source, "chunks", counting)
+    with pytest.raises(ZeekParseError, match=r"no line break in 65,536 bytes from byte 0") as info:
+        zeek.read_log(path)
+    assert str(path) in str(info.value) and len(flat) > 10 * (64 << 10) and read == []

@@ -17,6 +17,7 @@ from .errors import ZeekParseError
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 16 << 20  # bytes handed to pyarrow at a time: bounds memory, keeps both cores busy
+MAX_LINE_BYTES = 64 << 20  # no Zeek record is this long: past it, the file is not a log (fail, do not buffer it all)
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -49,13 +50,17 @@ class Source:
             else:
                 yield from self._plain(f)
 
-    @staticmethod
-    def _plain(f: Any) -> Iterator[tuple[bytearray, int]]:
+    def _too_long(self, offset: int) -> ZeekParseError:
+        return ZeekParseError(self.path, f"no line break in {MAX_LINE_BYTES:,} bytes from byte {offset:,}",
+                              expected="Zeek TSV or JSON lines (is this a binary file or a capture, not a log?)")
+
+    def _plain(self, f: Any) -> Iterator[tuple[bytearray, int]]:
         buf = bytearray(CHUNK_BYTES)
         carry = b""
+        offset = 0  # of buf[0] in the file
         while True:
-            if len(buf) < len(carry) + CHUNK_BYTES // 2:  # a very long line: grow
-                buf = bytearray(len(carry) + CHUNK_BYTES)
+            if len(buf) < len(carry) + CHUNK_BYTES // 2:  # a very long line: grow geometrically
+                buf = bytearray(2 * len(carry) + CHUNK_BYTES)
             buf[: len(carry)] = carry
             n = f.readinto(memoryview(buf)[len(carry):])
             end = len(carry) + n
@@ -65,9 +70,12 @@ class Source:
                 return
             cut = buf.rfind(b"\n", 0, end) + 1
             if cut == 0:  # no line break yet: keep reading
+                if end >= MAX_LINE_BYTES:
+                    raise self._too_long(offset)
                 carry = bytes(buf[:end])
                 continue
             carry = bytes(buf[cut:end])
+            offset += cut
             yield buf, cut
 
     def _gunzip(self, f: Any) -> Iterator[bytes]:
@@ -102,6 +110,8 @@ class Source:
                 if cut:
                     carry, pending, total, size = data[cut:], [], total + size, 0
                     yield data[:cut]
+                elif len(data) >= MAX_LINE_BYTES:
+                    raise self._too_long(total - len(carry))
         tail = carry + b"".join(pending)
         if tail:
             yield tail
