@@ -27,8 +27,14 @@ def collect(ctx: click.Context, sensor: str | None, do_ingest: bool, progress: b
     user, key_file, remote_dir, patterns, known_hosts; kind local: a folder).
     Only files that are new or changed since the last run travel; a transfer
     cut off half-way resumes; a log that grew or was rotated is fetched again
-    and the previous copy is kept as <name>.prev-<time>.<ext>. Host keys must
-    already be in known_hosts (or set trust_on_first_use: true once).
+    and the previous copy is kept in .superseded/<name>.prev-<time>.<ext>
+    beside it (a hidden folder the store does not ingest, so rows are not
+    stored twice). Host keys must already be in known_hosts (or set
+    trust_on_first_use: true once).
+
+    zeekctl's logs/current is a symlink into spool/, and symlinks that leave
+    remote_dir are refused: for live logs set remote_dir to the Zeek prefix
+    (e.g. /opt/zeek) with patterns such as logs/*/*.log.gz and spool/zeek/*.log.
 
     Prints one row per sensor (files, bytes, seconds, errors) and every
     problem below it. Exit status: 0 when every sensor collected everything,
