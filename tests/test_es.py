@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, require
+from conftest import ES_URL, ROOT, require
 from watchtower_lib import es_mapping
 from watchtower_lib.config import load
 from watchtower_lib.errors import IntegrationError, MissingDependencyError
@@ -39,7 +39,7 @@ def _elasticsearch_importable() -> bool:
 @pytest.fixture(scope="session")
 def es_url(tmp_path_factory: pytest.TempPathFactory):
     require("ES", _elasticsearch_importable(), "the client: pip install 'watchtower-zeek[es]'")
-    url = os.environ.get("WATCHTOWER_ES_URL")
+    url = ES_URL  # conftest keeps it out of os.environ (hermetic kernels)
     if url:
         yield url.rstrip("/")
         return
@@ -312,3 +312,157 @@ def test_sync_store_catches_up_without_duplicates(settings, shared_data, tmp_pat
     # and the window form sends only that window
     part = es.sync_store(tmp_path / "store", start="2022-06-13", log_types=["conn"], settings=settings)
     assert part["conn"].total == int((stored["ts"] >= pd.Timestamp("2022-06-13", tz="UTC")).sum()) > 0
+
+
+# ------------------------------------------------------------------ phase 2's catch-up ledger
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+def test_sync_pending_sends_only_new_parts_and_catches_up_after_an_outage(settings, shared_data, tmp_path):
+    from watchtower_lib import es, store
+
+    home = tmp_path / "store"
+    store.ingest(shared_data / f"{SDT}/008-ctu-normal-40-day1", home)  # conn, http, notice, ssl, weird, sip, ...
+    summary = store.summary(home).set_index("log_type")
+    mapped = [t for t in summary.index if t in es_mapping.LOG_TYPES]
+    assert {"conn", "http", "weird"} <= set(mapped) and "sip" in summary.index and "sip" not in mapped
+    rows = int(summary.loc[mapped, "rows"].sum())
+    parts = int(summary.loc[mapped, "parts"].sum())
+
+    first = es.sync_pending(settings, store_dir=home)
+    assert first.ok and first.failed == 0 and first.parts_done == parts and first.parts_skipped == 0
+    assert first.rows_sent == rows == sum(first.reports[t].total for t in mapped)  # every stored row, once
+    assert set(first.reports) == set(mapped)  # sip/tunnel have no ECS mapping: not sent
+    client = es.client(settings)
+    client.indices.refresh(index=f"{settings.elasticsearch.index_prefix}-*")
+    prefix = settings.elasticsearch.index_prefix
+    assert client.count(index=es.index_pattern("conn", prefix))["count"] == int(summary.loc["conn", "rows"]) == 5663
+    key = es.ledger_key(settings.elasticsearch.url, prefix)
+    assert len(es.read_ledger(home)["targets"][key]["parts"]) == parts
+
+    second = es.sync_pending(settings, store_dir=home)  # nothing new: nothing read, nothing sent
+    assert (second.rows_sent, second.parts_done, second.parts_skipped) == (0, 0, parts) and second.ok
+
+    # new files arrive while the node is down: the phase goes on, says so, and the ledger is untouched
+    store.ingest(shared_data / CONN_43, home)
+    ledger_before = (home / es.LEDGER_NAME).read_bytes()
+    port = _closed_port()
+    down = load(env={"WATCHTOWER_ES_URL": f"http://127.0.0.1:{port}", "WATCHTOWER_ELASTICSEARCH__MAX_RETRIES": "0",
+                     "WATCHTOWER_ELASTICSEARCH__INDEX_PREFIX": prefix})
+    failed = es.sync_pending(down, store_dir=home)
+    assert not failed.ok and failed.created == 0
+    assert failed.rows_pending == 9048 + rows and failed.pending_by_log_type["conn"] == 9048 + 5663
+    assert f"127.0.0.1:{port}" in failed.message and "next run catches up" in failed.message
+    assert "not indexed" in failed.message and f"{9048 + rows:,} rows" in failed.message
+    assert (home / es.LEDGER_NAME).read_bytes() == ledger_before
+
+    # a part the ledger lists but the store no longer has (its source was re-ingested) is dropped quietly
+    data = es.read_ledger(home)
+    data["targets"][key]["parts"].append("conn/date=2022-06-12/" + "0" * 64 + "-0.parquet")
+    (home / es.LEDGER_NAME).write_text(__import__("json").dumps(data), encoding="utf-8")
+
+    later = es.sync_pending(settings, store_dir=home)  # the node is back: only the new file's parts go
+    assert later.ok and later.rows_sent == later.created == 9048 and later.parts_skipped == parts
+    assert set(later.reports) == {"conn"} and later.failed == 0
+    client.indices.refresh(index=f"{prefix}-*")
+    assert client.count(index=es.index_pattern("conn", prefix))["count"] == 5663 + 9048
+    ledger = es.read_ledger(home)["targets"][key]["parts"]
+    assert len(ledger) == parts + later.parts_done and not any(p.startswith("conn/date=2022-06-12/000") for p in ledger)
+    assert not list(home.glob(f".{es.LEDGER_NAME}.*"))  # no temp file left behind
+
+
+def test_sync_pending_without_a_url_does_nothing(tmp_path):
+    from watchtower_lib import es
+
+    report = es.sync_pending(load(env={}), store_dir=tmp_path)
+    assert not report.enabled and report.rows_sent == 0 and "not configured" in report.message
+
+
+# ------------------------------------------------------------------ templates installed by indexing itself
+@pytest.fixture
+def bare_settings(es_url):
+    """Like ``settings`` but without install_templates: a fresh cluster as the pipeline meets it."""
+    prefix = f"wt-bare-{uuid.uuid4().hex[:8]}"
+    s = load(env={"WATCHTOWER_ES_URL": es_url, "WATCHTOWER_ELASTICSEARCH__INDEX_PREFIX": prefix})
+    from watchtower_lib import es
+
+    client = es.client(s)
+    assert not client.indices.exists_index_template(name=f"{prefix}-zeek-conn")
+    yield s
+    client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True, allow_no_indices=True)
+    client.indices.delete_index_template(name=f"{prefix}-*")
+    client.cluster.delete_component_template(name=f"{prefix}-ecs-base")
+
+
+def test_indexing_installs_the_templates_first(bare_settings, conn43):
+    from watchtower_lib import es
+
+    prefix = bare_settings.elasticsearch.index_prefix
+    report = es.index_logs(conn43.head(500), "conn", settings=bare_settings, refresh=True)
+    assert (report.created, report.failed) == (500, 0)
+    index = report.indices[0]
+    got = es.client(bare_settings).indices.get_field_mapping(index=index, fields="source.ip,destination.port")
+    types = {k: next(iter(v["mapping"].values()))["type"] for k, v in got[index]["mappings"].items()}
+    assert types == {"source.ip": "ip", "destination.port": "long"}
+    names = {t["name"] for t in es.client(bare_settings).indices.get_index_template(name=f"{prefix}-*")["index_templates"]}
+    assert f"{prefix}-alerts" in names and f"{prefix}-zeek-conn" in names
+
+
+# ------------------------------------------------------------------ the weekly report's source
+def test_report_source_elasticsearch_gives_the_store_figures(settings, shared_data, tmp_path):
+    from watchtower_lib import es, store
+    from watchtower_lib.errors import ConfigError
+
+    home = tmp_path / "store"
+    store.ingest([shared_data / CONN_43, shared_data / CONN_40], home)
+    s = load(env={"WATCHTOWER_ES_URL": settings.elasticsearch.url, "WATCHTOWER_STORE_DIR": str(home),
+                  "WATCHTOWER_ELASTICSEARCH__INDEX_PREFIX": settings.elasticsearch.index_prefix})
+    assert s.store_dir == home
+    assert es.sync_pending(s).created == 9048 + 5663
+    es.client(s).indices.refresh(index=f"{settings.elasticsearch.index_prefix}-*")
+
+    week = (pd.Timestamp("2022-06-13", tz="UTC"), pd.Timestamp("2022-06-20", tz="UTC"))  # Monday's ISO week
+    from_store = es.host_stats(s, *week)
+    from_es = es.host_stats(s, *week, source="elasticsearch", page_size=40)  # several composite pages
+    conn = store.load(home, "conn", *week)
+    assert int(from_store["connections"].sum()) == len(conn) > 0
+    assert len(from_store) == conn["id.orig_h"].nunique() > 40
+    pd.testing.assert_frame_equal(from_es, from_store)  # connections, bytes and distinct counts per host
+
+    rows_es = es.load_rows(s, "conn", *week, source="elasticsearch")
+    assert len(rows_es) == len(conn)
+    pd.testing.assert_series_equal(rows_es["id.orig_h"].astype(str).value_counts().sort_index(),
+                                   conn["id.orig_h"].astype(str).value_counts().sort_index())
+    whole = es.host_stats(s, source="elasticsearch")  # no window: both days
+    assert int(whole["connections"].sum()) == 9048 + 5663
+
+    with pytest.raises(ConfigError, match="elasticsearch.url is not set"):
+        es.host_stats(load(env={"WATCHTOWER_STORE_DIR": str(home)}), *week, source="elasticsearch")
+
+
+def test_cli_sync_sends_pending_parts_once(settings, shared_data, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from watchtower_lib import store
+    from watchtower_lib.cli import cli
+
+    store.ingest(shared_data / CONN_40, tmp_path / "store")
+    monkeypatch.setenv("WATCHTOWER_ES_URL", settings.elasticsearch.url)
+    monkeypatch.setenv("WATCHTOWER_ELASTICSEARCH__INDEX_PREFIX", settings.elasticsearch.index_prefix)
+    monkeypatch.setenv("WATCHTOWER_STORE_DIR", str(tmp_path / "store"))
+    runner = CliRunner()
+    first = runner.invoke(cli, ["es", "sync"])
+    assert first.exit_code == 0, first.output
+    assert "conn: 5663 new, 0 already indexed, 0 rejected" in first.output
+    again = runner.invoke(cli, ["es", "sync"])
+    assert again.exit_code == 0 and "0 new store part(s)" in again.output and "5663" not in again.output
+    everything = runner.invoke(cli, ["es", "sync", "--all"])
+    assert "conn: 0 new, 5663 already indexed, 0 rejected" in everything.output
+    monkeypatch.setenv("WATCHTOWER_ES_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("WATCHTOWER_ELASTICSEARCH__MAX_RETRIES", "0")
+    store.ingest(shared_data / CONN_43, tmp_path / "store")
+    down = runner.invoke(cli, ["es", "sync"])
+    assert down.exit_code == 2 and "14,711 rows" in down.output  # another URL: another ledger entry and "next run catches up" in down.output

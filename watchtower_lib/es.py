@@ -13,14 +13,17 @@ Indices are ``<prefix>-zeek-<log>-YYYY.MM`` (by month of ``ts``) and
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import es_mapping as m
-from .errors import ConfigError, IntegrationError, MissingDependencyError
+from .errors import ConfigError, IntegrationError, MissingDependencyError, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     from elasticsearch import Elasticsearch
@@ -154,7 +157,21 @@ def install_templates(es: Elasticsearch | None = None, *, settings: Settings | N
         es.indices.put_index_template(name=f"{prefix}-alerts", **m.alerts_template(prefix))
         names += [f"{prefix}-zeek-other", f"{prefix}-alerts"]
     log.info("installed %d index templates at %s", len(names), url_of(es))
+    with _TEMPLATES_LOCK:
+        _TEMPLATES_DONE.add((url_of(es), prefix))
     return names
+
+
+_TEMPLATES_DONE: set[tuple[str, str]] = set()  # (node URL, index prefix) installed by this process
+_TEMPLATES_LOCK = threading.Lock()
+
+
+def _ensure_templates(es: Elasticsearch, settings: Settings | None, prefix: str) -> None:
+    """Install the templates once per process and target before the first index is created, so a
+    fresh cluster never gives the pipeline's indices dynamic mappings (``source.ip`` as text)."""
+    if (url_of(es), prefix) in _TEMPLATES_DONE:
+        return
+    install_templates(es, settings=settings)
 
 
 @dataclass
@@ -217,6 +234,7 @@ def index_logs(df: pd.DataFrame, log_type: str, *, es: Elasticsearch | None = No
     report = BulkReport(indices=sorted(set(indices)))
     if len(df) == 0:
         return report
+    _ensure_templates(es, settings, prefix)
     _prepare_indices(es, report.indices, log_type, meta, extra)
     values = [m.to_python(df[c]) for c in columns]
     actions = _actions(log_type, names, values, indices, constants)
@@ -244,6 +262,7 @@ def index_alerts(alerts: pd.DataFrame, *, es: Elasticsearch | None = None,
     report = BulkReport(indices=[index])
     if len(alerts) == 0:
         return report
+    _ensure_templates(es, settings, prefix)
     _prepare_indices(es, [index], "alerts", meta, extra)
     values = [m.to_python(alerts[c]) for c in columns]
     constants = {"event.kind": "alert", "event.category": ["network", "intrusion_detection"],
@@ -283,6 +302,235 @@ def sync_store(store_dir: str | Path | None = None, *, start: Any = None, end: A
         df = store.load(store_dir, log_type, start, end)
         reports[log_type] = index_logs(df, log_type, es=es, settings=settings, threads=threads)
     return reports
+
+
+# ------------------------------------------------------------------ catching up from the store
+LEDGER_NAME = "_es_synced.json"
+
+
+@dataclass
+class SyncReport:
+    """What :func:`sync_pending` did for one target (node URL + index prefix).
+
+    ``ok`` is False when Elasticsearch could not be reached or refused the load;
+    ``message`` then says so, names the URL and what is still to index, and that
+    the next run catches up. ``reports`` holds one BulkReport per log type sent.
+    """
+
+    url: str = ""
+    prefix: str = ""
+    ok: bool = True
+    enabled: bool = True
+    parts_done: int = 0  # acknowledged by this call
+    parts_skipped: int = 0  # already acknowledged by an earlier call
+    parts_failed: int = 0  # sent, but Elasticsearch rejected some of their rows: sent again next run
+    parts_pending: int = 0  # not sent because the node was unreachable
+    rows_pending: int = 0
+    pending_by_log_type: dict[str, int] = field(default_factory=dict)  # rows not indexed yet
+    reports: dict[str, BulkReport] = field(default_factory=dict)
+    error: str | None = None
+    problems: list[str] = field(default_factory=list)  # parts that vanished or could not be read
+
+    @property
+    def created(self) -> int:
+        return sum(r.created for r in self.reports.values())
+
+    @property
+    def existing(self) -> int:
+        return sum(r.existing for r in self.reports.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(r.failed for r in self.reports.values())
+
+    @property
+    def rows_sent(self) -> int:
+        return sum(r.total for r in self.reports.values())
+
+    @property
+    def message(self) -> str:
+        if not self.enabled:
+            return "Elasticsearch is not configured (elasticsearch.url is unset): nothing indexed."
+        done = (f"{self.parts_done} new store part(s) indexed into {self.url} (prefix {self.prefix}): "
+                f"{self.created:,} documents created, {self.existing:,} already there, "
+                f"{self.failed:,} rejected; {self.parts_skipped} part(s) were already indexed")
+        if not self.ok:
+            pending = ", ".join(f"{t} {n:,}" for t, n in sorted(self.pending_by_log_type.items()))
+            before = f" Before the failure: {done}." if self.parts_done or self.parts_failed else ""
+            return (f"Elasticsearch at {self.url} is unreachable or refused the load, so "
+                    f"{self.rows_pending:,} rows in {self.parts_pending} store part(s) were not indexed "
+                    f"({pending or 'nothing'}). The local store has them all and the next run catches up."
+                    f"{before} Error: {self.error}")
+        text = done + "."
+        if self.parts_failed:
+            text += (f" {self.parts_failed} part(s) had rejected rows and stay pending "
+                     f"(first: {self._first_sample()}).")
+        if self.problems:
+            text += f" {len(self.problems)} part(s) skipped: {self.problems[0]}"
+        return text
+
+    def pending(self, log_type: str, rows: int) -> None:
+        """Count one part left for the next run."""
+        self.parts_pending += 1
+        self.rows_pending += rows
+        self.pending_by_log_type[log_type] = self.pending_by_log_type.get(log_type, 0) + rows
+
+    def _first_sample(self) -> Any:
+        return next((r.samples[0] for r in self.reports.values() if r.samples), None)
+
+
+def ledger_key(url: str, prefix: str) -> str:
+    """The ledger's key for one target: the node URL (no trailing slash) and the index prefix."""
+    return f"{url.rstrip('/')}|{prefix}"
+
+
+def read_ledger(store_dir: str | Path) -> dict[str, Any]:
+    """``<store>/_es_synced.json``: per target, the store parts Elasticsearch acknowledged."""
+    path = Path(store_dir) / LEDGER_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"version": 1, "targets": {}}
+    except (OSError, ValueError) as exc:  # a corrupt ledger only costs a full (idempotent) re-send
+        log.warning("%s unreadable (%s): every part is sent again; ids make that harmless", path, exc)
+        return {"version": 1, "targets": {}}
+    data.setdefault("targets", {})
+    return data
+
+
+def _write_ledger(store_dir: Path, key: str, done: set[str]) -> None:
+    """Record ``done`` for ``key`` atomically (temp file + fsync + os.replace); other targets kept."""
+    data = read_ledger(store_dir)
+    data["targets"][key] = {"parts": sorted(done),
+                            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    fd, tmp = tempfile.mkstemp(prefix=f".{LEDGER_NAME}.", dir=store_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=1)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, store_dir / LEDGER_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_part(store: Path, part: Any, schema: pa.Schema, log_type: str) -> pd.DataFrame:
+    """One Parquet part as ``store.load`` would give its rows (the log type's union schema)."""
+    import pyarrow.dataset as ds
+
+    from ._store_read import _to_pandas
+
+    table = ds.dataset([str(store / part.relpath)], schema=schema, format="parquet").to_table()
+    if "ts" in schema.names and pa.types.is_timestamp(schema.field("ts").type):
+        table = table.sort_by([("ts", "ascending")])
+    return _to_pandas(table, log_type)
+
+
+def sync_pending(settings: Settings | None = None, *, store_dir: str | Path | None = None,
+                 es: Elasticsearch | None = None, log_types: Iterable[str] | None = None,
+                 threads: int = 4, refresh: bool = True) -> SyncReport:
+    """Index the store's Parquet parts this target has not acknowledged yet; never raises for a down node.
+
+    Phase 2 calls it after ingesting. A ledger in the store (``_es_synced.json``,
+    keyed by node URL + index prefix) lists the parts Elasticsearch has taken
+    without rejecting a row; parts are immutable and named by their source's
+    SHA-256, so only new parts are read and sent: the cost follows what is new,
+    not the store's size. A part is marked only when its bulk load reported no
+    failures; parts whose source was re-ingested (gone from the manifest) are
+    dropped from the ledger. Templates are installed first (once per process).
+
+    When the node is unreachable or refuses the load, the ledger keeps what was
+    acknowledged before, the report's ``message`` says what was not indexed, and
+    the next call catches up (document ids are deterministic: nothing doubles).
+
+    Parameters
+    ----------
+    settings : default ``config.load()``; ``elasticsearch.url`` unset gives an empty report.
+    store_dir : default ``settings.store_dir``.
+    log_types : default every type of :data:`es_mapping.LOG_TYPES` the store has.
+    refresh : make what was created searchable before returning (a later phase reads it).
+    """
+    from ._manifest import open_manifest
+    from ._store_read import unify_schemas
+    from . import store as store_mod
+
+    if settings is None:
+        from .config import load
+
+        settings = load()
+    prefix = settings.elasticsearch.index_prefix
+    if es is None and not settings.elasticsearch.enabled:
+        return SyncReport(prefix=prefix, enabled=False)
+    es, prefix = _resolve(es, settings)
+    store = Path(settings.store_dir if store_dir is None else store_dir)
+    url = url_of(es)
+    report = SyncReport(url=url, prefix=prefix)
+    key = ledger_key(url, prefix)
+    try:
+        present = store_mod.log_types(store)
+    except StoreError as exc:  # nothing ingested yet: nothing to send
+        log.info("nothing to index: %s", exc)
+        return report
+    wanted = [t for t in (m.LOG_TYPES if log_types is None else log_types) if t in present]
+    with open_manifest(store) as manifest:
+        parts = {t: manifest.parts(t) for t in wanted}
+    all_parts = {p.relpath for ps in parts.values() for p in ps}
+    acknowledged = set(read_ledger(store)["targets"].get(key, {}).get("parts", []))
+    done = acknowledged & all_parts  # parts replaced by a re-ingest drop out
+    changed = done != acknowledged
+    todo = [(t, p) for t in wanted for p in parts[t] if p.relpath not in done]
+    report.parts_skipped = len(all_parts) - len(todo)
+    schemas: dict[str, pa.Schema] = {}
+    try:
+        for i, (log_type, part) in enumerate(todo):
+            if report.error is not None:
+                report.pending(log_type, part.rows)
+                continue
+            try:
+                if log_type not in schemas:  # the union store.load reads the whole type with
+                    schemas[log_type] = unify_schemas([(f"{q.relpath} (from {q.source_path})", q.schema)
+                                                       for q in parts[log_type]])
+                df = _read_part(store, part, schemas[log_type], log_type)
+            except (OSError, pa.ArrowException, StoreError) as exc:  # re-ingested meanwhile: next run
+                report.problems.append(f"{part.relpath}: {exc}")
+                log.warning("skipped %s: %s", part.relpath, exc)
+                continue
+            try:
+                bulk = index_logs(df, log_type, es=es, settings=settings, threads=threads)
+            except IntegrationError as exc:
+                report.ok, report.error = False, str(exc)
+                report.pending(log_type, part.rows)
+                log.warning("Elasticsearch indexing stopped at %s (%d parts left): %s", part.relpath,
+                            len(todo) - i, exc)
+                continue
+            _merge(report.reports.setdefault(log_type, BulkReport()), bulk)
+            if bulk.failed:
+                report.parts_failed += 1
+            else:
+                done.add(part.relpath)
+                report.parts_done += 1
+                changed = True
+    finally:
+        if changed:
+            _write_ledger(store, key, done)
+    if refresh and report.created:
+        try:  # searchable now, not at the next refresh_interval: phase 7 may read them in the same run
+            with _guard(es, "refresh"):
+                es.indices.refresh(index=",".join(sorted({i for r in report.reports.values() for i in r.indices})))
+        except IntegrationError as exc:
+            log.warning("indexed, but the refresh failed (the documents appear within seconds): %s", exc)
+    (log.info if report.ok else log.warning)("%s", report.message)
+    return report
+
+
+def _merge(into: BulkReport, more: BulkReport) -> None:
+    into.created += more.created
+    into.existing += more.existing
+    into.failed += more.failed
+    into.errors.update(more.errors)
+    into.samples += more.samples[: max(0, 10 - len(into.samples))]
+    into.indices = sorted(set(into.indices) | set(more.indices))
 
 
 def _max_retries(es: Elasticsearch, settings: Settings | None) -> int:
@@ -542,6 +790,9 @@ def _merged_meta(metas: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"order": order, "columns": columns}
 
 
+HOST_STATS = ["connections", "orig_ip_bytes", "resp_ip_bytes", "distinct_resp_h", "distinct_resp_p"]
+
+
 def weekly_host_stats(start: Any = None, end: Any = None, *, index: str = "conn",
                       query: dict[str, Any] | str | None = None, es: Elasticsearch | None = None,
                       settings: Settings | None = None, page_size: int = 1000) -> pd.DataFrame:
@@ -557,17 +808,24 @@ def weekly_host_stats(start: Any = None, end: Any = None, *, index: str = "conn"
     ``distinct_resp_p`` (counts of distinct responders and ports; exact below
     3,000 per bucket, approximate above), sorted by week then host.
     """
+    return _host_aggregation(start, end, by_week=True, index=index, query=query, es=es, settings=settings,
+                             page_size=page_size)
+
+
+def _host_aggregation(start: Any, end: Any, *, by_week: bool, index: str, query: dict[str, Any] | str | None,
+                      es: Elasticsearch | None, settings: Settings | None, page_size: int) -> pd.DataFrame:
     es, prefix = _resolve(es, settings)
     pattern = index_pattern(index, prefix)
-    sources = [{"week": {"date_histogram": {"field": "@timestamp", "calendar_interval": "week"}}},
-               {"host": {"terms": {"field": "source.ip"}}}]
+    sources = [{"host": {"terms": {"field": "source.ip"}}}]
+    if by_week:
+        sources.insert(0, {"week": {"date_histogram": {"field": "@timestamp", "calendar_interval": "week"}}})
     aggs = {"orig_ip_bytes": {"sum": {"field": "source.bytes"}},
             "resp_ip_bytes": {"sum": {"field": "destination.bytes"}},
             "distinct_resp_h": {"cardinality": {"field": "destination.ip", "precision_threshold": 3000}},
             "distinct_resp_p": {"cardinality": {"field": "destination.port", "precision_threshold": 3000}}}
     records: list[dict[str, Any]] = []
     after = None
-    with _guard(es, f"aggregate {pattern} by host and week"):
+    with _guard(es, f"aggregate {pattern} by host{' and week' if by_week else ''}"):
         while True:
             composite: dict[str, Any] = {"size": page_size, "sources": sources}
             if after is not None:
@@ -577,21 +835,92 @@ def weekly_host_stats(start: Any = None, end: Any = None, *, index: str = "conn"
                              allow_no_indices=True, ignore_unavailable=True)
             agg = resp.get("aggregations", {}).get("hosts", {"buckets": []})
             for b in agg["buckets"]:
-                records.append({"week": b["key"]["week"], "id.orig_h": b["key"]["host"],
+                records.append({**({"week": b["key"]["week"]} if by_week else {}), "id.orig_h": b["key"]["host"],
                                 "connections": b["doc_count"],
                                 **{k: int(round(b[k]["value"] or 0)) for k in aggs}})
             after = agg.get("after_key")
             if not agg["buckets"] or after is None:
                 break
-    frame = pd.DataFrame.from_records(records, columns=["week", "id.orig_h", "connections", *aggs])
-    frame["week"] = pd.to_datetime(frame["week"].astype("int64"), unit="ms", utc=True).astype(
-        "datetime64[ns, UTC]")
+    keys = ["week", "id.orig_h"] if by_week else ["id.orig_h"]
+    frame = pd.DataFrame.from_records(records, columns=[*keys, *HOST_STATS])
+    if by_week:
+        frame["week"] = pd.to_datetime(frame["week"].astype("int64"), unit="ms", utc=True).astype(
+            "datetime64[ns, UTC]")
     frame["id.orig_h"] = frame["id.orig_h"].astype("string")
-    for column in ["connections", *aggs]:
+    for column in HOST_STATS:
         frame[column] = frame[column].astype("Int64")
-    return frame.sort_values(["week", "id.orig_h"], ignore_index=True)
+    return frame.sort_values(keys, ignore_index=True)
 
 
-__all__ = ["BulkReport", "client", "index_alerts", "index_logs", "index_pattern", "install_templates",
-           "ping", "search_df", "sync_store", "url_of", "weekly_host_stats"]
+# ------------------------------------------------------------------ the report's source
+SOURCES = ("store", "elasticsearch")
+
+
+def _check_source(source: str, settings: Settings) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "elasticsearch" and not settings.elasticsearch.enabled:
+        raise ConfigError("source='elasticsearch' but elasticsearch.url is not set: set it in the config or "
+                          "WATCHTOWER_ES_URL, or read the local store (source='store')")
+
+
+def load_rows(settings: Settings, log_type: str, start: Any = None, end: Any = None, *,
+              source: str = "store", es: Elasticsearch | None = None) -> pd.DataFrame:
+    """Rows of one log type with ``start <= ts < end`` from the Parquet store or from Elasticsearch.
+
+    Both give the reader's column names and dtypes, sorted by ``ts``, so a phase
+    (the weekly report) switches source with one parameter. Elasticsearch holds
+    rows that are identical in every column once (one ``_id``); the store keeps each.
+
+    Raises
+    ------
+    ConfigError : ``source="elasticsearch"`` without ``elasticsearch.url``.
+    IntegrationError : the node is down (the message gives its URL and how to start one).
+    """
+    _check_source(source, settings)
+    if source == "store":
+        from . import store
+
+        return store.load(settings.store_dir, log_type, start, end)
+    return search_df(log_type, start=start, end=end, es=es, settings=settings)
+
+
+def host_stats(settings: Settings, start: Any = None, end: Any = None, *, source: str = "store",
+               es: Elasticsearch | None = None, page_size: int = 1000) -> pd.DataFrame:
+    """Per originating host over ``start <= ts < end``: the weekly report's host table.
+
+    With ``source="elasticsearch"`` it is a composite aggregation inside the
+    cluster (nothing but the buckets comes back); with ``"store"`` pandas computes
+    the same figures from the store's conn rows. Columns: ``id.orig_h`` and
+    :data:`HOST_STATS` (Int64), sorted by connections (most first), then host.
+    Distinct counts from Elasticsearch are exact below 3,000 per host.
+    """
+    _check_source(source, settings)
+    if source == "elasticsearch":
+        frame = _host_aggregation(start, end, by_week=False, index="conn", query=None, es=es,
+                                  settings=settings, page_size=page_size)
+    else:
+        from . import store
+
+        columns = ["ts", "id.orig_h", "id.resp_h", "id.resp_p", "orig_ip_bytes", "resp_ip_bytes"]
+        conn = store.load(settings.store_dir, "conn", start, end, columns=columns)
+        conn = conn.dropna(subset=["id.orig_h"])
+        hosts = conn["id.orig_h"].astype(str)
+        grouped = conn.groupby(hosts, sort=True)
+        frame = pd.DataFrame({
+            "connections": grouped.size(),
+            "orig_ip_bytes": grouped["orig_ip_bytes"].sum(),
+            "resp_ip_bytes": grouped["resp_ip_bytes"].sum(),
+            "distinct_resp_h": grouped["id.resp_h"].nunique(),
+            "distinct_resp_p": grouped["id.resp_p"].nunique(),
+        }).rename_axis("id.orig_h").reset_index()
+        frame["id.orig_h"] = frame["id.orig_h"].astype("string")
+        for column in HOST_STATS:
+            frame[column] = frame[column].astype("Int64")
+    return frame.sort_values(["connections", "id.orig_h"], ascending=[False, True], ignore_index=True)
+
+
+__all__ = ["HOST_STATS", "LEDGER_NAME", "BulkReport", "SyncReport", "client", "host_stats", "index_alerts",
+           "index_logs", "index_pattern", "install_templates", "ledger_key", "load_rows", "ping", "read_ledger",
+           "search_df", "sync_pending", "sync_store", "url_of", "weekly_host_stats"]
 

@@ -76,22 +76,40 @@ def index(ctx: click.Context, paths: tuple[Path, ...], log_type: str | None, thr
 
 
 @es.command("sync")
-@click.option("--start", default=None, help="Only rows with ts >= START (ISO date/time, UTC).")
-@click.option("--end", default=None, help="Only rows with ts < END (ISO date/time, UTC).")
+@click.option("--start", default=None, help="Only rows with ts >= START (ISO date/time, UTC); sends the window again.")
+@click.option("--end", default=None, help="Only rows with ts < END (ISO date/time, UTC); sends the window again.")
 @click.option("--log-type", "log_types", multiple=True, help="Only these log types (repeatable). Default: all.")
+@click.option("--all", "everything", is_flag=True,
+              help="Send every stored row again instead of only the parts not yet acknowledged.")
 @click.pass_context
-def sync(ctx: click.Context, start: str | None, end: str | None, log_types: tuple[str, ...]) -> None:
+def sync(ctx: click.Context, start: str | None, end: str | None, log_types: tuple[str, ...],
+         everything: bool) -> None:
     """Copy the Parquet store into Elasticsearch; rows already there are skipped.
 
-    Run it after Elasticsearch was down to catch up: nothing the store has is lost.
+    By default only the store parts this node and index prefix have not
+    acknowledged (the ledger _es_synced.json in the store) are sent, as phase 2
+    does. Run it after Elasticsearch was down to catch up: nothing the store has
+    is lost. Exit code 1 when rows were rejected, 2 when the node is unreachable.
     """
     from .. import es as wes
 
     settings = settings_from(ctx)
+    if not (everything or start or end):
+        if not settings.elasticsearch.enabled:
+            raise click.UsageError("elasticsearch.url is not set: set it in the config or WATCHTOWER_ES_URL "
+                                   "(a local test node: scripts/es-node start)")
+        synced = wes.sync_pending(settings, log_types=log_types or None)
+        for log_type, bulk in synced.reports.items():
+            click.echo(f"{log_type}: {bulk.created} new, {bulk.existing} already indexed, {bulk.failed} rejected")
+        click.echo(synced.message, err=not synced.ok)
+        if not synced.ok:
+            ctx.exit(2)
+        if synced.failed:
+            ctx.exit(1)
+        return
     wes.install_templates(settings=settings)
     reports = wes.sync_store(start=start, end=end, log_types=log_types or None, settings=settings)
-    for log_type, report in reports.items():
-        click.echo(f"{log_type}: {report.created} new, {report.existing} already indexed, "
-                   f"{report.failed} rejected")
+    for log_type, bulk in reports.items():
+        click.echo(f"{log_type}: {bulk.created} new, {bulk.existing} already indexed, {bulk.failed} rejected")
     if any(r.failed for r in reports.values()):
         ctx.exit(1)
