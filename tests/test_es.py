@@ -466,3 +466,25 @@ def test_cli_sync_sends_pending_parts_once(settings, shared_data, tmp_path, monk
     store.ingest(shared_data / CONN_43, tmp_path / "store")
     down = runner.invoke(cli, ["es", "sync"])
     assert down.exit_code == 2 and "14,711 rows" in down.output  # another URL: another ledger entry and "next run catches up" in down.output
+
+
+def test_sync_pending_marks_a_part_only_when_no_row_was_rejected(settings, shared_data, tmp_path):
+    from watchtower_lib import es, store
+
+    home = tmp_path / "store"
+    store.ingest(shared_data / f"{SDT}/008-ctu-normal-40-day1/weird.log.labeled", home)  # 56 rows, 2 days
+    prefix = settings.elasticsearch.index_prefix
+    client = es.client(settings)
+    # an index already holding the labels as numbers: every labelled row is refused
+    client.indices.create(index=f"{prefix}-zeek-weird-2022.06",
+                          mappings={"properties": {"zeek": {"properties": {"weird": {"properties": {
+                              "label": {"type": "long"}}}}}}})
+    refused = es.sync_pending(settings, store_dir=home)
+    assert refused.ok and (refused.created, refused.failed) == (0, 56)
+    assert (refused.parts_done, refused.parts_failed) == (0, 2) and "stay pending" in refused.message
+    assert not (home / es.LEDGER_NAME).exists()
+
+    client.indices.delete(index=f"{prefix}-zeek-weird-2022.06")  # the operator fixes the mapping
+    fixed = es.sync_pending(settings, store_dir=home)
+    assert (fixed.created, fixed.failed, fixed.parts_done) == (56, 0, 2)
+    assert es.sync_pending(settings, store_dir=home).rows_sent == 0

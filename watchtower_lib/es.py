@@ -306,6 +306,7 @@ def sync_store(store_dir: str | Path | None = None, *, start: Any = None, end: A
 
 # ------------------------------------------------------------------ catching up from the store
 LEDGER_NAME = "_es_synced.json"
+LEDGER_FLUSH_PARTS = 64  # acknowledged parts between ledger writes during one sync
 
 
 @dataclass
@@ -511,6 +512,9 @@ def sync_pending(settings: Settings | None = None, *, store_dir: str | Path | No
                 done.add(part.relpath)
                 report.parts_done += 1
                 changed = True
+                if report.parts_done % LEDGER_FLUSH_PARTS == 0:  # a long first sync keeps its progress
+                    _write_ledger(store, key, done)
+                    changed = False
     finally:
         if changed:
             _write_ledger(store, key, done)
