@@ -90,29 +90,35 @@ def detect(
     sup, sup_card = _unwrap(supervised)
     uns, uns_card = _unwrap(unsupervised)
     frames = []
-    if sup is not None and len(conn_df):
+    # features once per distinct feature setting: they cost more than both forests together
+    sup_X = models.features_of(sup, conn_df) if sup is not None and len(conn_df) else None
+    uns_X = None
+    if uns is not None and len(conn_df):
+        shared = sup_X is not None and models.same_features(sup, uns)
+        uns_X = sup_X if shared else models.features_of(uns, conn_df)
+    if sup is not None and sup_X is not None:
         if supervised_threshold is None:
             supervised_threshold = sup_card.get("threshold")
             if supervised_threshold is None:
                 raise ModelError("the supervised model card has no 'threshold'; pass supervised_threshold=")
         supervised_threshold = float(supervised_threshold)
-        proba = np.asarray(sup.predict_proba(conn_df))[:, 1]
+        proba = models.score_features(sup, sup_X)
         rows = np.flatnonzero(proba >= supervised_threshold)
-        family = _family(models, sup, conn_df, rows)
+        family = _family(models, sup, conn_df, rows, sup_X)
         frames.append(_build(conn_df, rows, proba[rows], "known", family, _version(sup, sup_card),
-                             models, sup, sensor_column, explain_top, supervised_threshold))
+                             models, sup, sensor_column, explain_top, supervised_threshold, sup_X))
         log.info("supervised: %d of %d connections at P(malicious) >= %.2f", len(rows), len(conn_df),
                  supervised_threshold)
-    if uns is not None and len(conn_df):
+    if uns is not None and uns_X is not None:
         threshold = anomaly_threshold if anomaly_threshold is not None else uns_card.get("threshold")
         if threshold is None:
             raise ModelError("the unsupervised model card has no calibrated 'threshold'; pass "
                              "anomaly_threshold= or retrain with models.retrain_unsupervised")
-        score = np.asarray(models.anomaly_score(uns, conn_df), dtype=float)
+        score = np.asarray(models.score_features(uns, uns_X), dtype=float)
         rows = np.flatnonzero(score >= float(threshold))
         family = pd.array([pd.NA] * len(rows), dtype="string")
         frames.append(_build(conn_df, rows, score[rows], "unknown", family, _version(uns, uns_card),
-                             models, uns, sensor_column, explain_top, float(threshold)))
+                             models, uns, sensor_column, explain_top, float(threshold), uns_X))
         log.info("unsupervised: %d of %d connections at anomaly score >= %.3f", len(rows), len(conn_df),
                  float(threshold))
     if not frames:
@@ -267,18 +273,23 @@ def _version(model: Any, card: Mapping[str, Any]) -> str:
     return f"adhoc-{digest}"
 
 
-def _call_rows(func: Any, model: Any, conn_df: pd.DataFrame, rows: np.ndarray, **kw: Any) -> Any:
-    """Call ``func`` for the alerting rows only, keeping host context when ``func`` supports ``rows=``."""
-    if "rows" in inspect.signature(func).parameters:
+def _call_rows(func: Any, model: Any, conn_df: pd.DataFrame, rows: np.ndarray, features: Any = None,
+               **kw: Any) -> Any:
+    """Call ``func`` for the alerting rows only, keeping host context when ``func`` supports ``rows=``
+    (and reusing the frame's feature matrix when it takes ``features=``)."""
+    params = inspect.signature(func).parameters
+    if "rows" in params:
+        if features is not None and "features" in params:
+            kw["features"] = features
         return func(model, conn_df, rows=rows, **kw)
     return func(model, conn_df.iloc[rows], **kw)
 
 
-def _family(models: Any, model: Any, conn_df: pd.DataFrame, rows: np.ndarray) -> pd.Series:
+def _family(models: Any, model: Any, conn_df: pd.DataFrame, rows: np.ndarray, features: Any = None) -> pd.Series:
     if not len(rows):
         return pd.Series([], dtype="string")
     try:
-        family = _call_rows(models.predict_family, model, conn_df, rows)
+        family = _call_rows(models.predict_family, model, conn_df, rows, features)
     except ModelError as exc:  # a forest trained without family labels
         log.info("no attack family: %s", exc)
         return pd.Series([pd.NA] * len(rows), dtype="string")
@@ -287,13 +298,13 @@ def _family(models: Any, model: Any, conn_df: pd.DataFrame, rows: np.ndarray) ->
 
 def _build(conn_df: pd.DataFrame, rows: np.ndarray, score: np.ndarray, kind: str, family: Any,
            version: str, models: Any, model: Any, sensor_column: str, top: int,
-           threshold: float) -> pd.DataFrame:
+           threshold: float, features: Any = None) -> pd.DataFrame:
     if not len(rows):
         return _empty_alerts()
     sub = conn_df.iloc[rows]
     uid = sub["uid"].astype("string").fillna("").to_numpy(dtype=object)
     try:
-        explained = _call_rows(models.explain, model, conn_df, rows, top=top)
+        explained = _call_rows(models.explain, model, conn_df, rows, features, top=top)
     except ModelError as exc:  # a pipeline without a baseline: the alerts matter more than their why
         log.warning("%s alerts without explanations: %s", kind, exc)
         explained = [[] for _ in rows]

@@ -171,6 +171,28 @@ def anomaly_score(model: Pipeline, conn_df: pd.DataFrame) -> np.ndarray:
         return np.clip(-np.asarray(model.score_samples(conn_df), dtype=float), 0.0, 1.0)
 
 
+def same_features(a: Pipeline, b: Pipeline) -> bool:
+    """True when two fitted pipelines compute the same feature matrix (same settings, same names),
+    so one ``features_of`` serves both. The baseline step differs per model only in its medians,
+    which ``transform`` does not use."""
+    def settings(model: Pipeline) -> list[tuple[str, dict[str, Any]]]:
+        return [(name, t.get_params()) for name, t in model.named_steps["features"].transformer_list]
+
+    return settings(a) == settings(b) and feature_names(a) == feature_names(b)
+
+
+def features_of(model: Pipeline, conn_df: pd.DataFrame) -> Any:
+    """What the pipeline's final estimator sees for ``conn_df`` (for Watch Tower's pipelines a
+    row-major float32 array): compute it once and hand it to ``score_features``, ``explain`` and
+    ``predict_family`` (``features=``)."""
+    return model[:-1].transform(conn_df)
+
+
+def score_features(model: Pipeline, X: Any) -> np.ndarray:
+    """P(malicious) or anomaly score (0..1) from a matrix of ``features_of``."""
+    return _score_features(model[-1], X)
+
+
 def score_both(supervised: Pipeline, unsupervised: Pipeline, conn_df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(P(malicious), anomaly score) per connection, computing the features once when the two
     pipelines use the same feature settings (else each pipeline computes its own).
@@ -178,12 +200,9 @@ def score_both(supervised: Pipeline, unsupervised: Pipeline, conn_df: pd.DataFra
     Same results as ``malicious_proba`` and ``anomaly_score`` called one after the other, at about
     half the feature cost: features are the most expensive stage (``docs/benchmarks.md``).
     """
-    def settings(model: Pipeline) -> list[tuple[str, dict[str, Any]]]:
-        return [(name, t.get_params()) for name, t in model.named_steps["features"].transformer_list]
-
-    if settings(supervised) != settings(unsupervised) or feature_names(supervised) != feature_names(unsupervised):
+    if not same_features(supervised, unsupervised):
         return malicious_proba(supervised, conn_df), anomaly_score(unsupervised, conn_df)
-    feats = supervised[:-1].transform(conn_df)
+    feats = features_of(supervised, conn_df)
     return _score_features(supervised[-1], feats), _score_features(unsupervised[-1], feats)
 
 
@@ -194,16 +213,20 @@ def _score_features(estimator: Any, X: Any) -> np.ndarray:
         return np.clip(-np.asarray(estimator.score_samples(X), dtype=float), 0.0, 1.0)
 
 
-def _feature_matrix(model: Pipeline, conn_df: pd.DataFrame, rows: Any) -> tuple[np.ndarray, list[str]]:
-    feats = model[:-1].transform(conn_df)
+def _feature_matrix(model: Pipeline, conn_df: pd.DataFrame, rows: Any,
+                    features: Any = None) -> tuple[np.ndarray, list[str]]:
     names = feature_names(model)
-    arr = np.asarray(feats, dtype=np.float32)
+    arr = np.asarray(features_of(model, conn_df) if features is None else features, dtype=np.float32)
+    if arr.shape != (len(conn_df), len(names)):
+        raise ModelError(f"features= has shape {arr.shape}; expected ({len(conn_df)}, {len(names)}) "
+                         f"from features_of(model, conn_df)")
     if rows is not None:
         arr = arr[np.asarray(rows)]
     return arr, names
 
 
-def predict_family(model: Pipeline, conn_df: pd.DataFrame, rows: Any = None) -> np.ndarray:
+def predict_family(model: Pipeline, conn_df: pd.DataFrame, rows: Any = None, *,
+                   features: Any = None) -> np.ndarray:
     """Most likely attack family (e.g. ``C&C``) per connection, from the forest's family model.
 
     The family is "what it would be if malicious": read it for rows the forest
@@ -217,7 +240,7 @@ def predict_family(model: Pipeline, conn_df: pd.DataFrame, rows: Any = None) -> 
     forest = model[-1]
     if getattr(forest, "family_forest_", None) is None:
         raise ModelError("this supervised model knows no attack families (trained without 'detail')")
-    X, _ = _feature_matrix(model, conn_df, rows)
+    X, _ = _feature_matrix(model, conn_df, rows, features)
     return np.asarray(forest.family_forest_.predict(X), dtype=object)
 
 
@@ -227,21 +250,22 @@ def baseline_medians(model: Pipeline) -> pd.Series:
 
 
 def explain(model: Pipeline, conn_df: pd.DataFrame, top: int = 3, rows: Any = None,
-            chunk: int = 200) -> list[list[dict[str, Any]]]:
+            chunk: int = 200, *, features: Any = None) -> list[list[dict[str, Any]]]:
     """The ``top`` features that pushed each connection's score most.
 
     For every feature, the row's score is recomputed with that one feature set
     to its training median; ``effect`` = score - score-at-median, so a
     positive effect pushed the row towards malicious / anomalous. Works for
     both pipelines (P(malicious) or anomaly score). Features are computed over
-    the whole ``conn_df`` (context), then only ``rows`` are explained.
+    the whole ``conn_df`` (context), then only ``rows`` are explained; pass
+    ``features=features_of(model, conn_df)`` when you already have them.
 
     Returns
     -------
     One list per explained row, of dicts ``{"feature", "value",
     "baseline_median", "effect"}``, strongest push first.
     """
-    X, names = _feature_matrix(model, conn_df, rows)
+    X, names = _feature_matrix(model, conn_df, rows, features)
     med = np.asarray(model.named_steps["baseline"].medians_, dtype=float)
     est = model[-1]
     n, f = X.shape
