@@ -254,3 +254,24 @@ def test_a_file_without_line_breaks_fails_before_being_read_whole(
     with pytest.raises(ZeekParseError, match=r"no line break in 65,536 bytes from byte 0") as info:
         zeek.read_log(path)
     assert str(path) in str(info.value) and len(flat) > 10 * (64 << 10) and read == []
+
+
+def test_json_raw_bytes_that_are_not_utf8_and_crlf(shared_data: Path, tmp_path: Path) -> None:
+    """Real WRCCDC dns JSON with CRLF line ends and one query's text given a raw 0xff byte (Zeek would
+    have escaped it; other JSON writers do not): the value comes back as ``\\xff`` text, as in TSV."""
+    import gzip
+
+    lines = gzip.decompress((shared_data / "multi/wrccdc-2018/zeek-json/dns.json.gz").read_bytes()).splitlines()[:50]
+    expected = zeek.read_log(_write(tmp_path / "dns.json", b"\n".join(lines) + b"\n"))
+    row = next(i for i, line in enumerate(lines) if b'"query":"' in line)
+    query = expected["query"].iloc[row]
+    lines[row] = lines[row].replace(f'"query":"{query}"'.encode(), f'"query":"\xff{query}"'.encode("latin-1"))
+    df = zeek.read_log(_write(tmp_path / "dns-crlf.json", b"\r\n".join(lines) + b"\r\n"))
+    assert len(df) == len(expected) == 50
+    assert df["query"].iloc[row] == "\\xff" + query
+    pd.testing.assert_frame_equal(df.drop(index=row), expected.drop(index=row))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

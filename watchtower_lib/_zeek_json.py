@@ -12,6 +12,7 @@ by its line number; JSON logs are the smaller ones, so this costs little.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -47,6 +48,25 @@ class JsonBatch:
     dropped: list[tuple[int, str]] = field(default_factory=list)
 
 
+def _bytes_as_xnn(exc: UnicodeError) -> tuple[str, int]:
+    r"""Decode error handler: each byte that is not UTF-8 becomes the JSON text ``\\xNN``, i.e. the
+    value ``\xNN``, as Zeek itself writes such bytes and as the TSV reader returns them."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    bad = exc.object[exc.start:exc.end]
+    return "".join(f"\\\\x{b:02x}" for b in bad), exc.end
+
+
+codecs.register_error("watchtower-json-xnn", _bytes_as_xnn)
+
+
+def _loads(text: bytes) -> Any:
+    try:
+        return json.loads(text)
+    except UnicodeDecodeError:  # raw bytes that are not UTF-8 (Zeek escapes them; other writers may not)
+        return json.loads(text.decode("utf-8", "watchtower-json-xnn"))
+
+
 def iter_rows(chunks: Iterable[tuple[bytes | bytearray, int]], path: str, errors: str,
               batch_rows: int) -> Iterator[JsonBatch]:
     """Decode JSON objects line by line, in batches of ``batch_rows`` rows."""
@@ -66,7 +86,7 @@ def iter_rows(chunks: Iterable[tuple[bytes | bytearray, int]], path: str, errors
             if not text or text.startswith(b"#"):
                 continue
             try:
-                obj = json.loads(text)
+                obj = _loads(text)
                 if not isinstance(obj, dict):
                     raise ValueError("not a JSON object")
             except ValueError as exc:
