@@ -374,3 +374,21 @@ def test_cli_evaluate_refuses_overlap(shared_data):
     result = CliRunner().invoke(cli, ["evaluate", "--train", str(shared_data / C008),
                                       "--test", str(shared_data / C008)])
     assert result.exit_code != 0
+
+
+@pytest.mark.slow
+def test_cli_train_unsupervised_learns_the_window_of_the_store(tmp_path, shared_data, monkeypatch):
+    st = tmp_path / "store"
+    store.ingest([shared_data / C008, shared_data / C011], st)
+    rows = len(store.load(st, "conn", "2022-06-12", "2022-06-14"))
+    for name, value in {"STORE_DIR": st, "MODELS_DIR": tmp_path / "models",
+                        "ALERTS_DB": tmp_path / "alerts.sqlite"}.items():
+        monkeypatch.setenv(f"WATCHTOWER_{name}", str(value))
+    result = CliRunner().invoke(cli, ["train", "--unsupervised", "--end", "2022-06-14", "--window-days", "2"])
+    assert result.exit_code == 0, result.output
+    card = models.read_card(models.latest(tmp_path / "models", "unsupervised"))
+    assert card["training"]["rows"] == card["training"]["rows_total"] == rows > 10_000
+    assert card["training"]["excluded_alerted"] == 0
+    assert card["version"] in result.output
+    empty = CliRunner().invoke(cli, ["train", "--unsupervised", "--end", "2001-01-01"])
+    assert empty.exit_code != 0 and "ingest more data or widen window_days" in str(empty.exception or empty.output)
