@@ -37,6 +37,7 @@ ALLOWED_TYPES = frozenset({
     "watchtower_lib._features_pair.PairBeaconFeatures",
     "watchtower_lib._features_dns.DnsFeatures",
     "watchtower_lib.features.FeatureBaseline",
+    "watchtower_lib.features.ThreadedFeatureUnion",
     "watchtower_lib.models.LabelForest",
     "sklearn.tree._tree.Tree",  # the fitted trees' arrays (skops does not trust it by default)
 })

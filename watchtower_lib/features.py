@@ -20,6 +20,7 @@ transformers have their own contract tests in ``tests/test_features.py``.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 
 import numpy as np
 import pandas as pd
@@ -37,29 +38,62 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CONN_STATES", "FAILED_STATES", "SERVICES", "JOIN_COLUMNS",
     "ConnFeatures", "HostWindowFeatures", "PairBeaconFeatures", "DnsFeatures", "FeatureBaseline",
+    "ThreadedFeatureUnion",
     "build_features", "join_logs", "char_entropy", "bowley", "empty_conn_frame",
 ]
 
 
-def build_features(windows: tuple[float, ...] = (60.0, 3600.0)) -> FeatureUnion:
+class ThreadedFeatureUnion(FeatureUnion):
+    """A ``FeatureUnion`` whose transformers run side by side on threads, not processes.
+
+    Why: ``FeatureUnion(n_jobs=...)`` would hand each transformer a pickled copy
+    of the conn frame in another process (seconds for a million rows); our
+    transformers are numpy sorts, searches and gathers that release the GIL, so
+    threads over the one frame use both cores for free (measured on 1,000,000
+    connections, 2 cores: 2.5 s one after the other, 1.4 s on threads). Results
+    are identical: each transformer only reads the frame.
+    """
+
+    def fit(self, X: object, y: object = None, **params: object) -> ThreadedFeatureUnion:
+        with _threads():
+            return super().fit(X, y, **params)
+
+    def fit_transform(self, X: object, y: object = None, **params: object) -> object:
+        with _threads():
+            return super().fit_transform(X, y, **params)
+
+    def transform(self, X: object, **params: object) -> object:
+        with _threads():
+            return super().transform(X, **params)
+
+
+def _threads() -> AbstractContextManager[object]:
+    from joblib import parallel_config
+
+    return parallel_config(backend="threading")
+
+
+def build_features(windows: tuple[float, ...] = (60.0, 3600.0), n_jobs: int | None = -1) -> ThreadedFeatureUnion:
     """The feature union every Watch Tower model starts with (unfitted).
 
     Parameters
     ----------
     windows : sliding-window lengths (seconds) for :class:`HostWindowFeatures`.
+    n_jobs : threads for the four transformers (-1: one per core, None or 1: one after the other).
 
     Returns
     -------
-    FeatureUnion with pandas output and the transformers' own column names
+    ThreadedFeatureUnion with pandas output and the transformers' own column names
     (they are already prefixed: ``src_``, ``dst_``, ``pair_``, ``dns_``).
     """
-    union = FeatureUnion(
+    union = ThreadedFeatureUnion(
         [
             ("conn", ConnFeatures()),
             ("host", HostWindowFeatures(windows=windows)),
             ("pair", PairBeaconFeatures()),
             ("dns", DnsFeatures()),
         ],
+        n_jobs=n_jobs,
         verbose_feature_names_out=False,
     )
     return union.set_output(transform="pandas")
