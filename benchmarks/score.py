@@ -17,8 +17,11 @@ on their labels, the Isolation Forest on all their rows.
 Stages timed, each on the whole tiled frame:
 
 * ``features``: ``build_features().transform`` (all four transformers);
-* ``forest``: ``predict_proba`` of the fitted forest on the features;
-* ``isolation forest``: ``score_samples`` on the features;
+* ``forest``: P(malicious) of the fitted forest on the features, as the library scores it
+  (``models.score_features``: row blocks through every tree, ``_forest_scoring``);
+* ``isolation forest``: the anomaly score on the features, the same way;
+* for reference, scikit-learn's own ``predict_proba`` / ``score_samples`` on the same matrix
+  (``n_jobs`` threads), which give the same numbers;
 * ``end to end (shared features)``: the three above, features computed once;
 * ``end to end (two pipelines)``: ``model.predict_proba(conn)`` plus
   ``anomaly_score(model, conn)``, as ``alerts.detect`` calls them (features twice);
@@ -113,10 +116,14 @@ def main() -> None:
     feats = timed("features", n, lambda: union.transform(conn), results, args.repeat)
     base = timed("baseline (finite check)", n, lambda: sup.named_steps["baseline"].transform(feats), results,
                  args.repeat)
-    proba = timed("forest predict_proba", n, lambda: sup[-1].predict_proba(base)[:, 1], results, args.repeat)
-    anomaly = timed("isolation forest score_samples", n, lambda: models._score_features(uns[-1], base), results,
+    proba = timed("forest (blockwise)", n, lambda: models.score_features(sup, base), results, args.repeat)
+    anomaly = timed("isolation forest (blockwise)", n, lambda: models.score_features(uns, base), results,
                     args.repeat)
     shared, shared_cpu = sum(r[1] for r in results), sum(r[2] for r in results)
+    reference: list[tuple[str, float, float, float]] = []
+    with models._threads(uns[-1]):
+        timed("  sklearn forest predict_proba", n, lambda: sup[-1].predict_proba(base)[:, 1], reference, args.repeat)
+        timed("  sklearn iforest score_samples", n, lambda: -uns[-1].score_samples(base), reference, args.repeat)
     results.append(("end to end (shared features)", shared, shared_cpu, n / shared))
     print(f"{'end to end (shared features)':<34} {shared:8.2f} s wall {n / shared:12,.0f} conn/s | "
           f"{shared_cpu:7.2f} CPU-s {n / shared_cpu:12,.0f} conn/CPU-s")

@@ -213,6 +213,25 @@ def test_anomaly_score_is_minus_score_samples_in_0_1(caps, names, iforest):
     assert explained[0][0]["effect"] > 0
 
 
+def test_blockwise_scores_equal_scikit_learns_across_blocks_and_threads(caps, forest, iforest, monkeypatch):
+    """Our cache-blocked scoring gives scikit-learn's own predict_proba / score_samples, on 38,848 real
+    rows cut into blocks of 5,000 (the last one partial), on one thread and on several."""
+    from watchtower_lib import _forest_scoring
+
+    every = pd.concat(caps.values(), ignore_index=True)
+    monkeypatch.setattr(_forest_scoring, "BLOCK_ROWS", 5_000)
+    expected_p = forest.predict_proba(every)[:, 1]
+    expected_a = -iforest.score_samples(every)
+    for n_jobs in (1, 2, None):
+        forest[-1].set_params(n_jobs=n_jobs)
+        iforest[-1].set_params(n_jobs=n_jobs)
+        np.testing.assert_allclose(models.malicious_proba(forest, every), expected_p, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(models.anomaly_score(iforest, every), expected_a, rtol=1e-12)
+    feats = models.features_of(forest, every)
+    assert _forest_scoring.blockwise(forest[-1], feats.astype(np.float64), None) is None  # not float32: sklearn
+    assert 0.1 < expected_p.mean() < 0.9 and 0.3 < expected_a.mean() < 0.7  # real, varied scores
+
+
 def test_score_both_equals_the_two_pipelines(caps, names, forest, iforest):
     c011 = caps[names["c011"]]
     proba, anomaly = models.score_both(forest, iforest, c011)

@@ -27,6 +27,7 @@ from sklearn.pipeline import Pipeline
 from ._model_store import (ALLOWED_TYPES, ModelVersion, VersionComparison, compare_versions, feature_names,
                            latest, load, new_version, prune, read_card, save, sha256_file, versions)
 from .errors import ModelError
+from ._forest_scoring import blockwise
 from .features import FeatureBaseline, build_features, join_logs
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,9 @@ def training_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def malicious_proba(model: Pipeline, conn_df: pd.DataFrame) -> np.ndarray:
-    """P(malicious) per connection from a fitted supervised pipeline."""
-    return np.asarray(model.predict_proba(conn_df))[:, 1]
+    """P(malicious) per connection from a fitted supervised pipeline (``predict_proba(conn_df)[:, 1]``,
+    scored blockwise on every core: ``_forest_scoring``)."""
+    return _score_features(model[-1], features_of(model, conn_df))
 
 
 def _threads(estimator: Any) -> Any:
@@ -164,11 +166,10 @@ def anomaly_score(model: Pipeline, conn_df: pd.DataFrame) -> np.ndarray:
 
     It is minus scikit-learn's ``score_samples``, which is exactly the score
     of the Isolation Forest paper, ``2 ** (-E[h(x)] / c(n))``: about 0.5 for
-    ordinary rows, towards 1 for rows isolated in few splits. Trees are
-    scored on the forest's ``n_jobs`` threads.
+    ordinary rows, towards 1 for rows isolated in few splits. Rows are
+    scored blockwise on every core (``_forest_scoring``).
     """
-    with _threads(model[-1]):
-        return np.clip(-np.asarray(model.score_samples(conn_df), dtype=float), 0.0, 1.0)
+    return _score_features(model[-1], features_of(model, conn_df))
 
 
 def same_features(a: Pipeline, b: Pipeline) -> bool:
@@ -207,10 +208,13 @@ def score_both(supervised: Pipeline, unsupervised: Pipeline, conn_df: pd.DataFra
 
 
 def _score_features(estimator: Any, X: Any) -> np.ndarray:
+    fast = blockwise(estimator, X, getattr(estimator, "n_jobs", None)) if isinstance(X, np.ndarray) else None
     if hasattr(estimator, "predict_proba"):
-        return np.asarray(estimator.predict_proba(X))[:, 1]
-    with _threads(estimator):
-        return np.clip(-np.asarray(estimator.score_samples(X), dtype=float), 0.0, 1.0)
+        return fast if fast is not None else np.asarray(estimator.predict_proba(X))[:, 1]
+    if fast is None:
+        with _threads(estimator):
+            fast = -np.asarray(estimator.score_samples(X), dtype=float)
+    return np.clip(fast, 0.0, 1.0)
 
 
 def _feature_matrix(model: Pipeline, conn_df: pd.DataFrame, rows: Any,
