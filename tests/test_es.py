@@ -294,6 +294,45 @@ def test_cli_install_templates_and_index(settings, shared_data, monkeypatch):
     assert client.count(index=es.index_pattern("conn", settings.elasticsearch.index_prefix))["count"] == 5663
 
 
+NMAP_CONN = ROOT / "data" / "logs" / "stratosphere" / "002-nmap-port-scanning" / "conn.log"  # 4,504 rows
+
+
+def test_a_file_indexed_by_the_cli_and_again_from_the_store_is_one_set_of_documents(settings, tmp_path,
+                                                                                      monkeypatch):
+    from click.testing import CliRunner
+
+    from watchtower_lib import es, store
+    from watchtower_lib.cli import cli
+
+    prefix = settings.elasticsearch.index_prefix
+    monkeypatch.setenv("WATCHTOWER_ES_URL", settings.elasticsearch.url)
+    monkeypatch.setenv("WATCHTOWER_ELASTICSEARCH__INDEX_PREFIX", prefix)
+    client = es.client(settings)
+    pattern = es.index_pattern("conn", prefix)
+    # from the file, under the default sensor, then from the store ingested with its default sensor
+    result = CliRunner().invoke(cli, ["es", "index", str(NMAP_CONN)])
+    assert result.exit_code == 0 and "4504 new, 0 already indexed, 0 rejected" in result.output, result.output
+    client.indices.refresh(index=f"{prefix}-*")
+    assert client.count(index=pattern)["count"] == 4504
+    home = tmp_path / "store"
+    store.ingest(NMAP_CONN, home)
+    synced = es.sync_pending(settings, store_dir=home)
+    assert synced.ok and (synced.created, synced.existing, synced.failed) == (0, 4504, 0)
+    assert client.count(index=pattern)["count"] == 4504  # unchanged: every row had the same _id
+    # the documents are the store's rows, sensor included, whichever path wrote them
+    pd.testing.assert_frame_equal(_sorted(es.search_df("conn", settings=settings)), _sorted(store.load(home, "conn")))
+
+    # the other way round, under a named sensor: store first, then the file with the same --sensor
+    other = tmp_path / "edge"
+    store.ingest(NMAP_CONN, other, sensor="edge-7")
+    assert es.sync_pending(settings, store_dir=other).created == 4504  # another sensor: its own documents
+    client.indices.refresh(index=f"{prefix}-*")
+    result = CliRunner().invoke(cli, ["es", "index", "--sensor", "edge-7", str(NMAP_CONN)])
+    assert result.exit_code == 0 and "0 new, 4504 already indexed, 0 rejected" in result.output, result.output
+    client.indices.refresh(index=f"{prefix}-*")
+    assert client.count(index=pattern)["count"] == 2 * 4504
+
+
 def test_sync_store_catches_up_without_duplicates(settings, shared_data, tmp_path):
     from watchtower_lib import es, store
 

@@ -194,7 +194,7 @@ class BulkReport:
 
 def index_logs(df: pd.DataFrame, log_type: str, *, es: Elasticsearch | None = None,
                settings: Settings | None = None, chunk_size: int = 1000, threads: int = 4,
-               bulk_load: bool | None = None, refresh: bool = False) -> BulkReport:
+               bulk_load: bool | None = None, refresh: bool = False, sensor: str | None = None) -> BulkReport:
     """Index a parsed Zeek log (``watchtower_lib.zeek.read_log``) as ECS documents.
 
     Each row gets ``_id`` = a hash of its log type and values and is sent with
@@ -214,6 +214,13 @@ def index_logs(df: pd.DataFrame, log_type: str, *, es: Elasticsearch | None = No
         (default: for more than 50,000 rows); the previous settings are restored afterwards,
         even when the load fails.
     refresh : make the documents searchable before returning (tests, notebooks).
+    sensor : tag every row with this ``_sensor`` (replacing the frame's own), exactly as
+        ``store.ingest`` does. Why: the sensor is part of the row and so of its ``_id``; a
+        file indexed with the sensor name it was (or will be) ingested under gets the same
+        ids as the same rows synced from the store, so doing both adds nothing. The sensor
+        is kept in the id (rather than left out of it) so that one connection seen by two
+        sensors stays two documents, as it is two rows in the store. None: the frame as it
+        is (store frames already carry ``_sensor``).
 
     Raises
     ------
@@ -222,6 +229,8 @@ def index_logs(df: pd.DataFrame, log_type: str, *, es: Elasticsearch | None = No
     es, prefix = _resolve(es, settings)
     if "ts" not in df.columns:
         raise ValueError(f"index_logs: a {log_type} frame needs a ts column (columns: {list(df.columns)[:8]})")
+    if sensor is not None:
+        df = with_sensor(df, sensor)
     indices = m.month_indices(df["ts"], f"{prefix}-zeek-{log_type}")
     columns = [str(c) for c in df.columns]
     names = [m.ecs_name(log_type, c) for c in columns]
@@ -241,6 +250,17 @@ def index_logs(df: pd.DataFrame, log_type: str, *, es: Elasticsearch | None = No
     bulk_load = len(df) > 50_000 if bulk_load is None else bulk_load
     return _bulk(es, actions, report, chunk_size=chunk_size, threads=threads,
                  max_retries=_max_retries(es, settings), bulk_load=bulk_load, refresh=refresh)
+
+
+def with_sensor(df: pd.DataFrame, sensor: str) -> pd.DataFrame:
+    """``df`` with the store's ``_sensor`` column set to ``sensor``: dropped if present and appended
+    last, as ``store.ingest`` writes it, so file and store rows hash to the same ``_id``."""
+    from ._store_write import SENSOR_COLUMN
+
+    out = df.drop(columns=[SENSOR_COLUMN], errors="ignore")
+    out[SENSOR_COLUMN] = pd.array([sensor] * len(out), dtype="string")
+    out.attrs = dict(df.attrs)
+    return out
 
 
 def index_alerts(alerts: pd.DataFrame, *, es: Elasticsearch | None = None,
@@ -926,5 +946,5 @@ def host_stats(settings: Settings, start: Any = None, end: Any = None, *, source
 
 __all__ = ["HOST_STATS", "LEDGER_NAME", "BulkReport", "SyncReport", "client", "host_stats", "index_alerts",
            "index_logs", "index_pattern", "install_templates", "ledger_key", "load_rows", "ping", "read_ledger",
-           "search_df", "sync_pending", "sync_store", "url_of", "weekly_host_stats"]
+           "search_df", "sync_pending", "sync_store", "url_of", "weekly_host_stats", "with_sensor"]
 

@@ -46,15 +46,24 @@ def install_templates(ctx: click.Context) -> None:
 @click.option("--log-type", default=None,
               help="Zeek log type (conn, dns, ...). Default: the #path in each file's header.")
 @click.option("--threads", default=4, show_default=True, help="Bulk requests in flight at once.")
+@click.option("--sensor", default=None, metavar="NAME",
+              help="Sensor name written to the _sensor column, as `watchtower ingest --sensor` does "
+                   "(default: local). Use the name the files are ingested under, so that `watchtower es "
+                   "sync` finds them already indexed.")
 @click.pass_context
-def index(ctx: click.Context, paths: tuple[Path, ...], log_type: str | None, threads: int) -> None:
+def index(ctx: click.Context, paths: tuple[Path, ...], log_type: str | None, threads: int,
+          sensor: str | None) -> None:
     """Index Zeek log files (TSV or JSON, .gz too) into Elasticsearch.
 
     Re-running on the same files adds nothing: every row has a fixed document id.
-    Rows Elasticsearch rejects (e.g. a value that does not fit its field) are
+    Each row is tagged with its sensor (--sensor) exactly as the store tags it,
+    so a file indexed here and again from the store (phase 2, `watchtower es
+    sync`) under the same sensor is one set of documents, not two. Rows
+    Elasticsearch rejects (e.g. a value that does not fit its field) are
     counted and shown, and make the exit code 1.
     """
     from .. import es as wes
+    from ..store import LOCAL_SENSOR
     from ..zeek import read_log
 
     settings = settings_from(ctx)
@@ -65,7 +74,8 @@ def index(ctx: click.Context, paths: tuple[Path, ...], log_type: str | None, thr
         kind = log_type or df.attrs.get("log_type")
         if not kind:
             raise click.UsageError(f"{path}: no #path header; pass --log-type")
-        report = wes.index_logs(df, kind, settings=settings, threads=threads)
+        report = wes.index_logs(df, kind, settings=settings, threads=threads,
+                                    sensor=sensor or LOCAL_SENSOR)
         rejected += report.failed
         click.echo(f"{path}: {kind}, {report.created} new, {report.existing} already indexed, "
                    f"{report.failed} rejected")
