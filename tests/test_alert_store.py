@@ -195,3 +195,26 @@ def test_index_pending_with_the_node_down_keeps_everything_pending(store, scan_a
     with pytest.raises(IntegrationError, match="unreachable"):
         index_pending(store, settings=settings)
     assert len(store.pending_es()) == 10
+
+
+def test_incidents_of_a_period_are_those_overlapping_it(store, scan_alerts):
+    store.upsert_alerts(scan_alerts)
+    store.upsert_incidents(alerts.group_incidents(scan_alerts, 10))
+    every = store.incidents()
+    assert len(every) == 5  # the scan split at its quiet gaps
+    start, end = pd.Timestamp("2022-09-29T15:30:00Z"), pd.Timestamp("2022-09-29T15:40:00Z")
+    expected = every[(every["last_seen"] >= start) & (every["first_seen"] < end)]
+    overlapping = store.incidents(start=start, end=end)
+    assert 0 < len(overlapping) < len(every)
+    assert overlapping["incident_id"].tolist() == expected["incident_id"].tolist()  # same order as incidents()
+    # the bounds: an incident that ends exactly at start is in, one that begins exactly at end is out
+    first = every.sort_values("first_seen").iloc[0]
+    assert first.incident_id in set(store.incidents(start=first.last_seen, end=first.last_seen
+                                                    + pd.Timedelta(1, "h"))["incident_id"])
+    assert first.incident_id not in set(store.incidents(start=first.first_seen - pd.Timedelta(1, "h"),
+                                                        end=first.first_seen)["incident_id"])
+    assert store.incidents(start="2022-09-30", end="2022-10-07").empty
+    assert len(store.incidents("new", start=start, end=end)) == len(expected)  # status and period combine
+    store.set_status(expected["incident_id"].iloc[0], "closed")
+    assert len(store.incidents("new", start=start, end=end)) == len(expected) - 1
+    assert len(store.incidents(start=start.isoformat(), end=end.to_pydatetime())) == len(expected)  # text, datetime

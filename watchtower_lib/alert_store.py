@@ -199,12 +199,21 @@ class AlertStore:
         """Alerts not yet in Elasticsearch (``es_indexed = 0``), oldest first."""
         return _alerts_frame(self._query("SELECT * FROM alerts WHERE es_indexed = 0 ORDER BY ts, kind, uid", []))
 
-    def incidents(self, status: str | None = None) -> pd.DataFrame:
-        """Incidents (optionally of one status), most severe and most recent first."""
+    def incidents(self, status: str | None = None, start: Any = None, end: Any = None) -> pd.DataFrame:
+        """Incidents (optionally of one status), most severe and most recent first.
+
+        With ``start``/``end`` (ISO text or datetimes), only the incidents that overlap
+        ``[start, end)``: last seen at or after ``start`` and first seen before ``end``. An
+        incident spanning two report weeks belongs to both, as the analyst sees it in both.
+        """
         if status is not None and status not in STATUSES:
             raise StoreError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-        sql = "SELECT * FROM incidents" + (" WHERE status = ?" if status else "")
-        frame = self._query(sql, [status] if status else [])
+        conditions = [("status = ?", status), ("last_seen >= ?", None if start is None else _iso(start)),
+                      ("first_seen < ?", None if end is None else _iso(end))]
+        where = [sql for sql, value in conditions if value is not None]
+        args: list[Any] = [value for _, value in conditions if value is not None]
+        sql = "SELECT * FROM incidents" + (" WHERE " + " AND ".join(where) if where else "")
+        frame = self._query(sql, args)
         for col in ("first_seen", "last_seen", "created_at", "updated_at"):
             frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
         frame["_rank"] = frame["max_severity"].map(SEVERITY_RANK)
