@@ -178,7 +178,56 @@ def test_touched_file_with_same_content_is_not_kept_twice(sshd, remote, shared_d
     os.utime(remote / "ssl.log", (time.time() + 60, time.time() + 60))
     result = collect(settings).sensors[0]
     assert (result.files, result.unchanged, result.old_copies, result.new_paths) == (0, 1, [], [])
+    assert result.bytes == (remote / "ssl.log").stat().st_size  # it did travel again (new mtime)
     assert list((tmp_path / "raw" / "edge").iterdir()) == [tmp_path / "raw" / "edge" / "ssl.log"]
+
+
+def test_replaced_file_that_looks_grown_is_fetched_whole_in_the_same_run(sshd, remote, shared_data, tmp_path):
+    """A log replaced by a longer one whose first and last 64 KiB (of the old length) match the old
+    copy passes the cheap prefix check; the sensor's sha256sum catches it and the file is fetched again
+    whole in the same run, so the result is the sensor's file, not old bytes plus a new tail."""
+    real = (shared_data / "labelled/stratosphere-sdt/011-ctu-normal-43-day1/conn.log.labeled").read_bytes()
+    old = real[:400_000]
+    middle = len(old) // 2
+    replaced = old[:middle] + old[middle:middle + 100].swapcase() + old[middle + 100:] + real[400_000:600_000]
+    (remote / "conn.log").write_bytes(old)
+    settings = _settings(tmp_path, _sensor(sshd, remote))
+    assert collect(settings).sensors[0].files == 1
+    (remote / "conn.log").write_bytes(replaced)
+    result = collect(settings).sensors[0]
+    assert result.status == "ok", result.errors
+    local = tmp_path / "raw" / "edge" / "conn.log"
+    assert local.read_bytes() == replaced
+    assert result.bytes == len(replaced) + (len(replaced) - len(old))  # the tail, then the whole file
+    assert [p.read_bytes() for p in result.old_copies] == [old]  # the old copy is kept, not lost
+    assert collect(settings).sensors[0].files == 0  # settled: the next run has nothing to do
+
+
+def test_a_failure_while_finishing_is_reported_not_swallowed(sshd, remote, shared_data, tmp_path, monkeypatch):
+    """An unexpected error after the download (here the manifest refusing a write, as on a full disk)
+    makes that file an error and the sensor partial, with a non-zero exit; the next run completes it."""
+    import sqlite3
+
+    from watchtower_lib import _collect_manifest
+
+    files = _populate(remote, shared_data)
+    settings = _settings(tmp_path, _sensor(sshd, remote))
+    real_put = _collect_manifest.Manifest.put
+
+    def put(self, record):
+        if record.path == "dns.log":
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_put(self, record)
+
+    monkeypatch.setattr(_collect_manifest.Manifest, "put", put)
+    report = collect(settings)
+    result = report.sensors[0]
+    assert result.status == "partial" and not report.ok
+    assert [e for e in result.errors if e.startswith("dns.log:")] == ["dns.log: database or disk is full"]
+    assert result.files == len(files) - 1
+    monkeypatch.setattr(_collect_manifest.Manifest, "put", real_put)
+    again = collect(settings).sensors[0]
+    assert again.status == "ok" and (tmp_path / "raw/edge/dns.log").read_bytes() == files["dns.log"].read_bytes()
 
 
 # ------------------------------------------------------------------ interruption
@@ -243,7 +292,7 @@ def test_cut_connection_then_resume_is_byte_identical(sshd, remote, shared_data,
 
 
 @_PREFETCH_DIES
-def test_corrupt_partial_file_is_caught_by_the_sensors_sha256sum(sshd, remote, shared_data, tmp_path):
+def test_corrupt_partial_file_is_caught_by_the_sensors_sha256sum(sshd, remote, shared_data, tmp_path, caplog):
     big = _big_log(remote, shared_data)
     settings = _settings(tmp_path, _sensor(sshd, remote, retries=0, parallel_files=1))
     part = tmp_path / "raw" / "edge" / ".big.log.gz.part"
@@ -258,14 +307,15 @@ def test_corrupt_partial_file_is_caught_by_the_sensors_sha256sum(sshd, remote, s
         fh.seek(kept // 2)
         fh.write(bytes([byte[0] ^ 0xFF]))
 
-    caught = collect(settings).sensors[0]
-    assert caught.status == "partial"
-    assert len(caught.errors) == 1 and "differs from the sensor's sha256sum" in caught.errors[0]
-    assert not (tmp_path / "raw" / "edge" / "big.log.gz").exists() and not part.exists()
-
-    clean = collect(settings).sensors[0]
-    assert clean.status == "ok" and clean.resumed == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="watchtower_lib"):
+        caught = collect(settings).sensors[0]
+    # the resumed bytes do not hash like the sensor's file: discarded, and fetched whole in the same run
+    assert [r for r in caplog.records if "do not match the sensor's file" in r.getMessage()]
+    assert caught.status == "ok" and caught.errors == [] and not part.exists()
+    assert caught.bytes == big.stat().st_size + (big.stat().st_size - kept)  # the tail in vain, then all
     assert _sha(tmp_path / "raw" / "edge" / "big.log.gz") == _sha(big)
+    assert collect(settings).sensors[0].files == 0
 
 
 @_PREFETCH_DIES

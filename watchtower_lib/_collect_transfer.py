@@ -10,7 +10,10 @@ The steps, and why:
    still match the remote file; for a file that *grew* (Zeek's ``current/``),
    start from a copy of the old complete file, so only the new tail travels.
 4. **Check** the size, and the SHA-256 against the sensor's ``sha256sum`` of
-   the same byte range when the sensor has one; **fsync**, then **rename**
+   the same byte range when the sensor has one (a download that reused bytes
+   and fails this check is fetched again whole in the same run:
+   :class:`PrefixMismatch`; without ``sha256sum`` on the sensor the two 64 KiB
+   samples are all that guards a reused prefix); **fsync**, then **rename**
    (folders are fsynced once per batch: if a power cut loses a rename, the
    manifest check sees the file missing and fetches it again).
 5. **Never overwrite silently**: an older copy at the final name (a file that
@@ -44,6 +47,12 @@ class ConnectionLost(IntegrationError):
 
 class TransferError(IntegrationError):
     """One file could not be brought up to date; the others continue."""
+
+
+class PrefixMismatch(TransferError):
+    """A download that reused bytes already here (a resumed ``.part`` or the old copy of a log that
+    seemed to grow) does not hash like the sensor's file: the sensor's file was replaced, not grown.
+    The caller fetches it again whole, in the same run."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,11 @@ def sync_file(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sens
 
 
 def fetch(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sensor: str,
-          on_bytes: Callable[[int], None]) -> Outcome | Fetched:
+          on_bytes: Callable[[int], None], *, reuse: bool = True) -> Outcome | Fetched:
     """Download what is missing of ``rf`` into its ``.part`` file (the part that needs the connection).
+
+    ``reuse=False`` downloads every byte again: no resumed ``.part``, no old copy as a prefix
+    (after :class:`PrefixMismatch`).
 
     Returns
     -------
@@ -117,6 +129,8 @@ def fetch(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sensor: 
     local.parent.mkdir(parents=True, exist_ok=True)
     part = local.with_name(f".{local.name}.part")
     offset = 0
+    if part.is_file() and not reuse:
+        part.unlink()
     if part.is_file():
         have = part.stat().st_size
         if 0 < have <= rf.size and _same_prefix(source, rf, part, have):
@@ -125,7 +139,8 @@ def fetch(source, rf: RemoteFile, sensor_dir: Path, manifest: Manifest, sensor: 
         else:
             log.info("%s/%s: discarding a partial download that no longer matches the sensor's file",
                      sensor, rf.rel)
-    elif local_size is not None and 0 < local_size < rf.size and _same_prefix(source, rf, local, local_size):
+    elif reuse and local_size is not None and 0 < local_size < rf.size \
+            and _same_prefix(source, rf, local, local_size):
         shutil.copyfile(local, part)
         offset = local_size
         log.info("%s/%s: grew from %d to %d bytes; fetching only the new tail", sensor, rf.rel, local_size, rf.size)
@@ -156,6 +171,10 @@ def finish(fetched: Fetched, manifest: Manifest, sensor: str, verify: Callable[[
                                                  fetched.local_size, fetched.sha256)
     if verify(rf, sha) is False:
         part.unlink()
+        if fetched.resumed_from:
+            raise PrefixMismatch(
+                f"{rf.rel}: the {fetched.resumed_from} bytes reused from an earlier download do not match the "
+                f"sensor's file (replaced, not grown); fetching it again whole")
         raise TransferError(f"{rf.rel}: SHA-256 of the download ({sha[:16]}...) differs from the sensor's "
                             f"sha256sum of the same {rf.size} bytes; the download was discarded and is fetched "
                             f"again on the next run")
@@ -165,7 +184,7 @@ def finish(fetched: Fetched, manifest: Manifest, sensor: str, verify: Callable[[
         if old_sha == sha:  # same content: nothing to keep twice
             part.unlink()
             manifest.put(FileRecord(sensor, rf.rel, rf.size, rf.mtime, sha, local))
-            return Outcome("touched" if record is not None else "adopted", local)
+            return Outcome("touched" if record is not None else "adopted", local, transferred=fetched.transferred)
         grown = local_size < rf.size and _file_sha(part, local_size) == old_sha
         kind = "grown" if grown else "rotated"
     _fsync_file(part)

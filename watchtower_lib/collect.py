@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING
 
 from ._collect_manifest import Manifest
 from ._collect_paths import LocalSource, Refusal, RemoteFile, _reason, list_matching
-from ._collect_transfer import ConnectionLost, Fetched, Outcome, TransferError, fetch, finish, fsync_dir
+from ._collect_transfer import (ConnectionLost, Fetched, Outcome, PrefixMismatch, TransferError, fetch, finish,
+                                fsync_dir)
 from .config import SensorConfig, Settings
 from .errors import ConfigError, IntegrationError, MissingDependencyError
 
@@ -290,6 +291,7 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
     """
     todo = deque(files)
     left: list[RemoteFile] = []
+    again: list[RemoteFile] = []  # reused bytes did not match the sensor's file: fetch whole (PrefixMismatch)
     lock = threading.Lock()
     stop = threading.Event()
     needed = [rf for rf in files if _needs_fetch(manifest, sensor.name, sensor_dir, rf)]
@@ -308,11 +310,11 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
             planned = planned_bytes.get(rf.rel, 0)
             if planned and outcome.transferred + outcome.resumed_from < planned:
                 bar.plan(outcome.transferred + outcome.resumed_from - planned)
+            result.bytes += outcome.transferred  # also a "touched" file's: its bytes did travel
             if outcome.kind in ("unchanged", "touched"):
                 result.unchanged += 1
                 return
             result.files += 1
-            result.bytes += outcome.transferred
             if outcome.is_new:
                 result.new_paths.append(outcome.local)
             if outcome.old_copy is not None:
@@ -323,10 +325,44 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
     def finish_one(fetched: Fetched) -> None:
         try:
             outcome = finish(fetched, manifest, sensor.name, verify, stamp, synced_dirs)
+        except PrefixMismatch as exc:
+            log.warning("sensor %s: %s", sensor.name, exc)
+            with lock:
+                result.bytes += fetched.transferred  # they travelled, in vain
+                again.append(fetched.rf)
+            return
         except (OSError, TransferError) as exc:
             file_error(fetched.rf, exc)
             return
+        except Exception as exc:  # e.g. the manifest's disk is full: report it, never pass it silently
+            log.exception("sensor %s: %s: unexpected error while finishing the download", sensor.name,
+                          fetched.rf.rel)
+            file_error(fetched.rf, exc)
+            return
         account(fetched.rf, outcome)
+
+    def fetch_one(rf: RemoteFile, reuse: bool = True) -> Fetched | None:
+        """Download one file; account for it, or record why not. None: nothing to finish."""
+        try:
+            fetched = fetch(source, rf, sensor_dir, manifest, sensor.name, bar.advance, reuse=reuse)
+        except ValueError as exc:
+            with lock:
+                result.refused.append(Refusal(rf.rel, str(exc)))
+            return None
+        except Exception as exc:
+            if isinstance(exc, ConnectionLost) or _connection_error(source, exc):
+                with lock:
+                    left.append(rf)
+                stop.set()
+                return None
+            if not isinstance(exc, (OSError, TransferError)):
+                raise
+            file_error(rf, exc)
+            return None
+        if isinstance(fetched, Outcome):
+            account(rf, fetched)
+            return None
+        return fetched
 
     def worker(finishers: ThreadPoolExecutor) -> None:
         while not stop.is_set():
@@ -334,25 +370,8 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
                 if not todo:
                     return
                 rf = todo.popleft()
-            try:
-                fetched = fetch(source, rf, sensor_dir, manifest, sensor.name, bar.advance)
-            except ValueError as exc:
-                with lock:
-                    result.refused.append(Refusal(rf.rel, str(exc)))
-                continue
-            except Exception as exc:
-                if isinstance(exc, ConnectionLost) or _connection_error(source, exc):
-                    with lock:
-                        left.append(rf)
-                    stop.set()
-                    return
-                if not isinstance(exc, (OSError, TransferError)):
-                    raise
-                file_error(rf, exc)
-                continue
-            if isinstance(fetched, Outcome):
-                account(rf, fetched)
-            else:
+            fetched = fetch_one(rf)
+            if fetched is not None:
                 finishers.submit(finish_one, fetched)
 
     n = max(1, min(sensor.parallel_files if sensor.kind == "ssh" else 1, len(needed)))
@@ -363,6 +382,13 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"collect-{sensor.name}") as pool:
                 for future in [pool.submit(worker, finishers) for _ in range(n)]:
                     future.result()
+    for rf in again:  # rare (a replaced file that looked grown): whole again, one at a time
+        if stop.is_set():
+            left.append(rf)
+            continue
+        fetched = fetch_one(rf, reuse=False)
+        if fetched is not None:
+            finish_one(fetched)
     for folder in synced_dirs:
         fsync_dir(folder)
     return left + list(todo)
