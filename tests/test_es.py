@@ -6,11 +6,20 @@ works under its own index prefix and deletes it afterwards.
 """
 from __future__ import annotations
 
+import base64
+import ipaddress
+import json
+import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +29,13 @@ import pytest
 from conftest import ES_URL, ROOT, require
 from watchtower_lib import es_mapping
 from watchtower_lib.config import load
-from watchtower_lib.errors import IntegrationError, MissingDependencyError
+from watchtower_lib.errors import ConfigError, IntegrationError, MissingDependencyError
 
 SDT = "labelled/stratosphere-sdt"
 CONN_43 = f"{SDT}/011-ctu-normal-43-day1/conn.log.labeled"  # 9,048 rows, 2022-06-12 (Sun) .. 06-13 (Mon)
 CONN_40 = f"{SDT}/008-ctu-normal-40-day1/conn.log.labeled"  # 5,663 rows
 WRCCDC = "multi/wrccdc-2018/zeek-tsv"
+NMAP_CONN = ROOT / "data" / "logs" / "stratosphere" / "002-nmap-port-scanning" / "conn.log"  # 4,504 rows
 
 
 def _elasticsearch_importable() -> bool:
@@ -266,6 +276,172 @@ def test_missing_client_names_the_extra(monkeypatch):
     assert info.value.extra == "es" and "watchtower-zeek[es]" in str(info.value)
 
 
+# ------------------------------------------------------------------ authentication and TLS
+# The test node runs without security, so what the client sends is checked against a real HTTP
+# server on 127.0.0.1 that records each request's headers and answers as Elasticsearch does.
+@contextmanager
+def _recording_server(status: int = 200, tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, list[dict]]]:
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+            body = (json.dumps({"cluster_name": "recorder", "status": "green", "number_of_nodes": 1})
+                    if status == 200 else
+                    json.dumps({"error": {"type": "security_exception", "reason": "unable to authenticate"},
+                                "status": status}))
+            self.send_response(status)
+            self.send_header("X-Elastic-Product", "Elasticsearch")  # the client checks it
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        do_PUT = do_POST = do_DELETE = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _client_env(url: str, **es: str) -> dict[str, str]:
+    return {"WATCHTOWER_ES_URL": url, "WATCHTOWER_ELASTICSEARCH__MAX_RETRIES": "0",
+            **{f"WATCHTOWER_ELASTICSEARCH__{k.upper()}": v for k, v in es.items()}}
+
+
+@pytest.mark.parametrize("key,config", [("api_key_env", {}), ("password_env", {"username": "watchtower"})])
+def test_unset_secret_variable_names_it_and_how_to_set_it(monkeypatch, key, config):
+    require("ES", _elasticsearch_importable(), "the client: pip install 'watchtower-zeek[es]'")
+    from watchtower_lib import es
+
+    monkeypatch.delenv("WT_TEST_ES_SECRET", raising=False)
+    s = load(env=_client_env("http://127.0.0.1:9", **{key: "WT_TEST_ES_SECRET"}, **config))
+    with pytest.raises(ConfigError) as info:
+        es.client(s)
+    text = str(info.value)
+    assert f"elasticsearch.{key} names 'WT_TEST_ES_SECRET'" in text and "is not set" in text
+    assert f"export WT_TEST_ES_SECRET=<the {'API key' if key == 'api_key_env' else 'password'}>" in text
+    monkeypatch.setenv("WT_TEST_ES_SECRET", "")  # set, even if empty: no error
+    assert es.client(s) is not None
+
+
+def test_api_key_and_basic_auth_reach_the_server(monkeypatch):
+    require("ES", _elasticsearch_importable(), "the client: pip install 'watchtower-zeek[es]'")
+    from watchtower_lib import es
+
+    api_key, password = f"key-{uuid.uuid4().hex}", f"pw-{uuid.uuid4().hex}"
+    monkeypatch.setenv("WT_TEST_ES_API_KEY", api_key)
+    monkeypatch.setenv("WT_TEST_ES_PASSWORD", password)
+    with _recording_server() as (url, seen):
+        assert es.ping(settings=load(env=_client_env(url)))["cluster_name"] == "recorder"
+        assert seen[-1]["path"].startswith("/_cluster/health") and "authorization" not in seen[-1]
+        es.ping(settings=load(env=_client_env(url, api_key_env="WT_TEST_ES_API_KEY")))
+        assert seen[-1]["authorization"] == f"ApiKey {api_key}"
+        es.ping(settings=load(env=_client_env(url, username="watchtower", password_env="WT_TEST_ES_PASSWORD")))
+        assert seen[-1]["authorization"] == "Basic " + base64.b64encode(f"watchtower:{password}".encode()).decode()
+        # both configured: the API key wins
+        es.ping(settings=load(env=_client_env(url, api_key_env="WT_TEST_ES_API_KEY", username="watchtower",
+                                               password_env="WT_TEST_ES_PASSWORD")))
+        assert seen[-1]["authorization"] == f"ApiKey {api_key}"
+    assert len(seen) == 4
+
+
+def test_secrets_stay_out_of_logs_and_errors(monkeypatch, caplog, tmp_path):
+    require("ES", _elasticsearch_importable(), "the client: pip install 'watchtower-zeek[es]'")
+    from watchtower_lib import es, store
+
+    store.ingest(NMAP_CONN, tmp_path / "store")
+
+    api_key, password = f"key-{uuid.uuid4().hex}", f"pw-{uuid.uuid4().hex}"
+    monkeypatch.setenv("WT_TEST_ES_API_KEY", api_key)
+    monkeypatch.setenv("WT_TEST_ES_PASSWORD", password)
+    caplog.set_level(logging.DEBUG)  # every logger, the client's transport included
+    messages = []
+    with _recording_server(status=401) as (url, seen):
+        for config in ({"api_key_env": "WT_TEST_ES_API_KEY"},
+                       {"username": "watchtower", "password_env": "WT_TEST_ES_PASSWORD"}):
+            with pytest.raises(IntegrationError) as refused:
+                es.ping(settings=load(env=_client_env(url, **config)))
+            assert "HTTP 401" in str(refused.value) and "check the API key / username and password" in str(refused.value)
+            messages.append(str(refused.value))
+            s = load(env=_client_env(url, **config))
+            down = load(env=_client_env(f"http://127.0.0.1:{_closed_port()}", **config))
+            with pytest.raises(IntegrationError) as unreachable:
+                es.ping(settings=down)
+            messages.append(str(unreachable.value))
+            assert "unreachable" in messages[-1]
+            report = es.sync_pending(s, store_dir=tmp_path / "store")  # phase 2: logs a warning, never raises
+            assert not report.ok and "HTTP 401" in report.message and report.rows_pending == 4504
+            messages.append(report.message)
+    assert {h["authorization"].split()[0] for h in seen} == {"ApiKey", "Basic"}  # the secrets were in play
+    assert any("HTTP 401" in r.getMessage() for r in caplog.records if r.name == "watchtower_lib.es")
+    assert any(r.name.startswith("elastic_transport") for r in caplog.records)  # the client did log
+    logged = "\n".join([caplog.text, *(str(r.args) for r in caplog.records)])
+    b64 = base64.b64encode(f"watchtower:{password}".encode()).decode()
+    for secret in (api_key, password, b64):
+        assert secret not in logged
+        assert not any(secret in m for m in messages)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for 127.0.0.1 (and its key), as a SOC's own CA would sign."""
+    pytest.importorskip("cryptography", reason="needs cryptography (comes with paramiko, the ssh extra)")
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "watchtower-test")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "ca.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_ca_certs_and_verify_certs(tmp_path):
+    require("ES", _elasticsearch_importable(), "the client: pip install 'watchtower-zeek[es]'")
+    from watchtower_lib import es
+
+    cert, key = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with _recording_server(tls=context) as (url, seen):
+        assert url.startswith("https://")
+        trusted = load(env=_client_env(url, ca_certs=str(cert)))
+        assert es.ping(settings=trusted)["cluster_name"] == "recorder"  # verified against the CA file
+        with pytest.raises(IntegrationError) as untrusted:  # the system CAs do not know this certificate
+            es.ping(settings=load(env=_client_env(url)))
+        text = str(untrusted.value)
+        assert url in text and "TLS handshake" in text and "CERTIFICATE_VERIFY_FAILED" in text
+        assert "elasticsearch.ca_certs" in text and "scripts/es-node" not in text  # the fix, not "start a node"
+        with pytest.warns(Warning) as warned:  # the client and urllib3 both say it is insecure
+            assert es.ping(settings=load(env=_client_env(url, verify_certs="false")))["cluster_name"] == "recorder"
+        assert any("verify_certs=False" in str(w.message) for w in warned)
+    assert len(seen) == 2  # the untrusted handshake never got to send a request
+
+
 def test_docs_table_is_the_code_table():
     doc = (ROOT / "docs" / "ecs.md").read_text(encoding="utf-8")
     assert es_mapping.markdown_table() in doc
@@ -292,9 +468,6 @@ def test_cli_install_templates_and_index(settings, shared_data, monkeypatch):
     client = es.client(settings)
     client.indices.refresh(index=f"{settings.elasticsearch.index_prefix}-*")
     assert client.count(index=es.index_pattern("conn", settings.elasticsearch.index_prefix))["count"] == 5663
-
-
-NMAP_CONN = ROOT / "data" / "logs" / "stratosphere" / "002-nmap-port-scanning" / "conn.log"  # 4,504 rows
 
 
 def test_a_file_indexed_by_the_cli_and_again_from_the_store_is_one_set_of_documents(settings, tmp_path,

@@ -89,9 +89,14 @@ def client(settings: Settings | None = None) -> Elasticsearch:
 
 
 def _secret(var: str, key: str) -> str:
+    """The secret in ``$var``, read only here: the config names the variable so that no key or
+    password sits in a file; the error names the variable, never a value."""
     value = os.environ.get(var)
     if value is None:
-        raise ConfigError(f"elasticsearch.{key} names {var!r} but that environment variable is not set")
+        what = "API key" if key == "api_key_env" else "password"
+        raise ConfigError(f"elasticsearch.{key} names {var!r} but that environment variable is not set: "
+                          f"export {var}=<the {what}> in the environment that runs watchtower, or remove "
+                          f"elasticsearch.{key} from the config")
     return value
 
 
@@ -115,8 +120,15 @@ def _guard(es: Elasticsearch, what: str) -> Iterator[None]:
         raise IntegrationError(f"Elasticsearch at {url_of(es)} refused {what}: HTTP {status} "
                                f"{exc.message}{hint}") from exc
     except es_mod.TransportError as exc:
+        # str() of a transport error without retries is only "TLS error"; .message keeps the cause
+        detail = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+        if isinstance(exc, es_mod.SSLError):
+            raise IntegrationError(f"Elasticsearch at {url_of(es)} failed the TLS handshake while trying to "
+                                   f"{what} ({detail}); if its certificate is signed by your own CA, set "
+                                   f"elasticsearch.ca_certs to that CA's PEM file, and check that the URL's "
+                                   f"host is the one the certificate names") from exc
         raise IntegrationError(f"Elasticsearch at {url_of(es)} is unreachable while trying to {what} "
-                               f"({type(exc).__name__}: {exc}); {HOW_TO_START}") from exc
+                               f"({detail}); {HOW_TO_START}") from exc
 
 
 def _resolve(es: Elasticsearch | None, settings: Settings | None) -> tuple[Elasticsearch, str]:
