@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -584,6 +584,148 @@ def test_sync_pending_sends_only_new_parts_and_catches_up_after_an_outage(settin
     ledger = es.read_ledger(home)["targets"][key]["parts"]
     assert len(ledger) == parts + later.parts_done and not any(p.startswith("conn/date=2022-06-12/000") for p in ledger)
     assert not list(home.glob(f".{es.LEDGER_NAME}.*"))  # no temp file left behind
+
+
+class _Forwarder:
+    """A TCP forwarder on one fixed 127.0.0.1 port in front of the real node: the same URL can be
+    taken down (``stop``) and brought back (``start``), and ``start(cut_after_bulks=N)`` drops every
+    connection and stops listening when the (N+1)-th ``_bulk`` request arrives (that one never
+    reaches the node), as a node or network dying in the middle of a sync would."""
+
+    def __init__(self, target_url: str) -> None:
+        host, _, port = target_url.split("//", 1)[1].partition(":")
+        self.target = (host, int(port))
+        self.port = _closed_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.bulks = 0  # _bulk requests forwarded since start
+        self._cut_after: int | None = None
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._stopped = threading.Event()
+
+    def start(self, cut_after_bulks: int | None = None) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the same port again at once
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(32)
+        listener.settimeout(0.05)
+        self.bulks, self._cut_after, self._listener = 0, cut_after_bulks, listener
+        self._stopped = threading.Event()
+        threading.Thread(target=self._accept, args=(listener, self._stopped), daemon=True).start()
+
+    def stop(self) -> None:
+        """Nothing listens on the port any more; open connections are dropped."""
+        with self._lock:
+            self._stopped.set()
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            for sock in self._socks:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._socks.clear()
+
+    def _accept(self, listener: socket.socket, stopped: threading.Event) -> None:
+        while not stopped.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                if stopped.is_set():
+                    client.close()
+                    upstream.close()
+                    return
+                self._socks |= {client, upstream}
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if requests and b"/_bulk" in data.split(b"\r\n", 1)[0]:
+                    with self._lock:
+                        cut = self._cut_after is not None and self.bulks >= self._cut_after
+                        self.bulks += not cut  # a cut request is not forwarded
+                    if cut:
+                        self.stop()
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _part_rows(home: Path, relpaths: Iterable[str]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(home / relpath).metadata.num_rows for relpath in relpaths)
+
+
+def test_sync_pending_same_url_down_cut_mid_sync_and_back(settings, shared_data, tmp_path):
+    from watchtower_lib import es, store
+
+    home = tmp_path / "store"
+    store.ingest(shared_data / f"{SDT}/008-ctu-normal-40-day1", home)
+    summary = store.summary(home).set_index("log_type")
+    mapped = [t for t in summary.index if t in es_mapping.LOG_TYPES]
+    rows, parts = int(summary.loc[mapped, "rows"].sum()), int(summary.loc[mapped, "parts"].sum())
+    twins = sum(int(_duplicated(store.load(home, t)).sum()) for t in mapped)  # identical rows: one _id
+    assert (rows, parts, twins) == (6622, 10, 1)
+    prefix = settings.elasticsearch.index_prefix
+    proxy = _Forwarder(settings.elasticsearch.url)
+    via_proxy = load(env={"WATCHTOWER_ES_URL": proxy.url, "WATCHTOWER_ELASTICSEARCH__MAX_RETRIES": "0",
+                          "WATCHTOWER_ELASTICSEARCH__INDEX_PREFIX": prefix})
+    key = es.ledger_key(proxy.url, prefix)
+    client = es.client(settings)  # straight to the node, to count
+    pattern = f"{prefix}-zeek-*"
+    try:
+        # 1. the URL is down: the phase says so, nothing is marked as indexed
+        down = es.sync_pending(via_proxy, store_dir=home)
+        assert not down.ok and (down.created, down.parts_done, down.parts_pending) == (0, 0, parts)
+        assert down.rows_pending == rows and f"{rows:,} rows in {parts} store part(s) were not indexed" in down.message
+        assert f"Elasticsearch at {proxy.url} is unreachable" in down.message
+        assert "next run catches up" in down.message
+        assert not (home / es.LEDGER_NAME).exists()
+
+        # 2. it comes back, then dies after 7 bulk requests: conn's two parts (540 + 5,123 rows:
+        #    1 + 6 requests of 1,000; conn goes first) are acknowledged, the 8th request is cut
+        proxy.start(cut_after_bulks=7)
+        cut = es.sync_pending(via_proxy, store_dir=home)
+        assert not cut.ok and proxy.bulks == 7
+        assert (cut.parts_done, cut.parts_pending, cut.created, cut.failed) == (2, parts - 2, 5663, 0)
+        assert "Before the failure: 2 new store part(s) indexed" in cut.message and "next run catches up" in cut.message
+        acknowledged = es.read_ledger(home)["targets"][key]["parts"]
+        assert len(acknowledged) == 2 and all(p.startswith("conn/") for p in acknowledged)
+        assert _part_rows(home, acknowledged) == 5663 == cut.rows_sent
+        assert cut.rows_pending == rows - 5663
+        client.indices.refresh(index=pattern)
+        assert client.count(index=pattern)["count"] == 5663
+
+        # 3. back for good, same URL: exactly the parts not acknowledged are sent
+        proxy.start()
+        later = es.sync_pending(via_proxy, store_dir=home)
+        assert later.ok and (later.parts_done, later.parts_skipped, later.failed) == (parts - 2, 2, 0)
+        # the cut request never reached the node: all of its rows are new now, bar the twin
+        assert later.rows_sent == rows - 5663 and (later.created, later.existing) == (rows - 5663 - twins, twins)
+        assert "conn" not in later.reports
+        assert len(es.read_ledger(home)["targets"][key]["parts"]) == parts
+    finally:
+        proxy.stop()
+    client.indices.refresh(index=pattern)
+    assert client.count(index=pattern)["count"] == rows - twins  # every stored row, once
 
 
 def test_sync_pending_without_a_url_does_nothing(tmp_path):
