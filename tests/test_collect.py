@@ -513,6 +513,9 @@ def test_local_symlink_inside_raw_cannot_redirect_a_download(tmp_path):
     with pytest.raises(ValueError, match="outside"):
         safe_local_path(tmp_path / "edge", "current/conn.log")
     assert safe_local_path(tmp_path / "edge", "2024-05-01/conn.00:00:00-01:00:00.log.gz").name.endswith(".gz")
+    (tmp_path / "edge" / "dns.log").symlink_to(tmp_path / "elsewhere.log")  # the file itself, in a known folder
+    with pytest.raises(ValueError, match="outside"):
+        safe_local_path(tmp_path / "edge", "dns.log")
     assert unsafe_name("..conn.log") is None  # dots inside a name are harmless
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._collect_manifest import Manifest
-from ._collect_paths import LocalSource, Refusal, RemoteFile, _reason, list_matching
+from ._collect_paths import LocalSource, Refusal, RemoteFile, _reason, forget_real_dirs, list_matching
 from ._collect_transfer import (ConnectionLost, Fetched, Outcome, PrefixMismatch, TransferError, fetch, finish,
                                 fsync_dir)
 from .config import SensorConfig, Settings
@@ -148,6 +148,7 @@ def collect(settings: Settings, sensor: str | None = None, *, progress: bool = F
                           "or {name: local, kind: local, remote_dir: /opt/zeek/logs}")
     from tqdm.auto import tqdm
 
+    forget_real_dirs()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     bar = _Progress(tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="collect",
                          disable=not progress, leave=False))
