@@ -6,8 +6,10 @@ capture's ground-truth malicious flows (family = Stratosphere's detailed label, 
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -139,6 +141,11 @@ def test_behaviour_and_drift_figures(shared_data):
     drift = report.drift_figure(cmp.drift)
     assert list(drift.data[0].x) == list(cmp.drift.dropna(subset=["psi"])["feature"])
     assert _no_data(report.hour_profile_figure(cmp, "10.9.9.9"))
+    top = report.hour_profile_figure(cmp)  # no host: the one that changed most
+    assert top.layout.title.text.endswith(": 147.32.83.165") and list(top.data[1].y) == list(prof.data[1].y)
+    assert report.hosts_changed(cmp) == len(cmp.ranked(len(cmp.hosts))) == 1
+    same = behaviour.compare_periods(df, a, a, internal_networks=["147.32.0.0/16"])  # a period against itself
+    assert len(same.hosts) == 1 and report.hosts_changed(same) == 0 and report.hosts_changed(None) == 0
 
 
 def test_model_health():
@@ -204,3 +211,114 @@ def test_setup_notebook_inlines_plotly_js_offline(tmp_path):
     # (plotly.js itself mentions https://cdn.plot.ly/un/ as its default topojson URL for maps)
     assert "cdn.plot.ly/plotly" not in text and 'src=\\"http' not in text  # nor MathJax from cdnjs
     assert "https://cdn" not in "".join(figures)
+
+
+# ------------------------------------------------------------------ what the report notebook loads
+SCAN_LOG = Path(__file__).resolve().parents[1] / "data/logs/stratosphere/002-nmap-port-scanning/conn.log"
+
+
+@pytest.fixture(scope="module")
+def scan_settings(tmp_path_factory):
+    """A store holding the real nmap scan (data/logs), its alerts and incidents in an alert store."""
+    from test_alert_store import alerts_from_conn
+
+    from watchtower_lib import alerts as alerts_mod
+    from watchtower_lib import config, store, zeek
+    from watchtower_lib.alert_store import AlertStore
+
+    home = tmp_path_factory.mktemp("scan")
+    (home / "watchtower.yml").write_text("store_dir: store\nalerts_db: alerts.sqlite\nmodels_dir: models\n")
+    settings = config.load(home / "watchtower.yml", env={})
+    store.ingest(SCAN_LOG, settings.store_dir)
+    found = alerts_from_conn(zeek.read_log(SCAN_LOG), threshold=0.55)
+    db = AlertStore(settings.alerts_db)
+    db.upsert_alerts(found)
+    db.upsert_incidents(alerts_mod.group_incidents(found, 10))
+    return settings
+
+
+def test_period_data_splits_one_read_at_the_period_start(scan_settings):
+    from watchtower_lib import zeek
+    from watchtower_lib.alert_store import AlertStore
+    from watchtower_lib.periods import Period
+
+    start, end = pd.Timestamp("2022-09-29T15:30:00Z"), pd.Timestamp("2022-09-29T16:20:00Z")
+    data = report.period_data(scan_settings, Period(start.to_pydatetime(), end.to_pydatetime()))
+    assert (data.previous.start, data.previous.end) == (start - pd.Timedelta(50, "min"), start)
+    conn = zeek.read_log(SCAN_LOG)
+    now = conn[(conn["ts"] >= start) & (conn["ts"] < end)]
+    before = conn[(conn["ts"] >= start - pd.Timedelta(50, "min")) & (conn["ts"] < start)]
+    assert len(data.conn) == len(conn) == 4504  # the whole scan falls in the two periods
+    assert len(data.conn_now) == len(now) and len(data.conn_before) == len(before) > 0
+    assert sorted(data.conn_now["uid"]) == sorted(now["uid"]) and data.conn_before["ts"].max() < start
+    db = AlertStore(scan_settings.alerts_db)
+    every = db.alerts()
+    assert len(data.alerts) == int(((every["ts"] >= start) & (every["ts"] < end)).sum()) > 0
+    assert len(data.alerts) + len(data.alerts_before) == len(every)
+    incidents = db.incidents()
+    overlap = incidents[(incidents["last_seen"] >= start) & (incidents["first_seen"] < end)]
+    assert data.incidents["incident_id"].tolist() == overlap["incident_id"].tolist()
+    spanning = set(data.incidents["incident_id"]) & set(data.incidents_before["incident_id"])
+    assert len(incidents) == 2 and len(data.incidents_before) == 2 and len(spanning) == 1  # in both periods
+    assert data.figures == report.period_figures(now, data.alerts, overlap,
+                                                 internal_networks=scan_settings.internal_networks)
+    assert data.figures["connections"] == len(now) and data.figures["hosts"] == 1  # the scanner, 172.16.1.11
+    assert data.figures_before["connections"] == len(before) and data.figures_before["incidents"] == len(
+        data.incidents_before)
+    empty = report.period_data(scan_settings, Period(dt.datetime(2030, 1, 7, tzinfo=dt.timezone.utc),
+                                                     dt.datetime(2030, 1, 14, tzinfo=dt.timezone.utc)))
+    assert empty.conn.empty and empty.alerts.empty and empty.incidents.empty
+    assert empty.figures == dict.fromkeys(report.METRICS, 0.0)
+
+
+def test_retraining_change_and_latest_cards(scan_settings, tmp_path):
+    from watchtower_lib import models
+
+    assert report.latest_cards(tmp_path) == [] and report.model_health(report.latest_cards(tmp_path)).empty
+    none = report.latest_retraining(tmp_path)
+    assert (none.version, none.previous, none.largest_shift) == (None, None, None) and none.drift.empty
+    assert none.summary() == "no model of this kind has been trained yet"
+    kwargs = {"models_dir": tmp_path / "models", "target_alert_rate": 0.02}
+    first = models.retrain_unsupervised(scan_settings.store_dir, "2022-09-29T15:30:00Z", 1, **kwargs)
+    alone = report.retraining_change(first, [])
+    assert alone.summary() == f"{first.version} is the first version: nothing to compare with yet"
+    assert report.latest_retraining(tmp_path / "models").version == first.version
+    second = models.retrain_unsupervised(scan_settings.store_dir, "2022-09-30", 1, **kwargs)
+    change = report.latest_retraining(tmp_path / "models")
+    direct = models.compare_versions(first, second)
+    assert (change.version, change.previous) == (second.version, first.version)
+    assert change.summary() == direct.summary() and first.version in change.summary()
+    assert change.comparison.training_rows == (first.card["training"]["rows"], second.card["training"]["rows"])
+    assert change.comparison.training_rows[0] < change.comparison.training_rows[1] == 4504
+    assert change.largest_shift == float(direct.drift["shift"].max()) > 0
+    assert change.drift["feature"].tolist() == direct.drift["feature"].tolist()
+    assert report.retraining_change(second, [first]).summary() == change.summary()
+    cards = report.latest_cards(tmp_path / "models")
+    assert [c["version"] for c in cards] == [second.version]  # no supervised model: left out
+    assert report.model_health(cards).loc[0, "rows"] == 4504
+
+
+def test_constant_columns_and_correlation_figure():
+    from watchtower_lib import features, zeek
+
+    table = features.build_features().fit_transform(zeek.read_log(SCAN_LOG))
+    constant = report.constant_columns(table)
+    assert constant and set(constant) < set(table.columns)
+    assert (table[constant].nunique() == 1).all() and (table.drop(columns=constant).nunique() > 1).all()
+    fig = report.correlation_figure(table)
+    varying = [c for c in table.columns if c not in constant]
+    assert list(fig.data[0].x) == varying and fig.layout.width == report.WIDTH
+    assert np.allclose(np.diag(np.asarray(fig.data[0].z, dtype=float)), 1.0)
+    assert _no_data(report.correlation_figure(table[constant]))
+
+
+def test_phase_table_lists_each_recorded_phase(tmp_path):
+    from watchtower_lib import runner
+
+    runner.record_phase(tmp_path, "02_parse", rows=13898, files_ingested=44)
+    runner.record_phase(tmp_path, "06_detect", rows=4504, alerts=97, model_version={"supervised": "v1"})
+    table = report.phase_table(runner.read_phases(tmp_path))
+    assert table.columns.tolist() == ["phase", "seconds", "rows", "alerts", "model version"]
+    assert table["phase"].tolist() == ["02_parse", "06_detect"] and table["rows"].tolist() == [13898, 4504]
+    assert table.loc[1, "model version"] == {"supervised": "v1"} and pd.isna(table.loc[0, "alerts"])
+    assert report.phase_table({}).empty and len(report.phase_table({}).columns) == 5

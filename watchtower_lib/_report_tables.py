@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,10 @@ def model_health(cards: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, 
     """
     cols = ["kind", "version", "trained_at", "age_days", "training_files", "training_period", "rows",
             "threshold"]
-    if cards is None:
-        return pd.DataFrame(columns=cols)
     if isinstance(cards, Mapping):
         cards = [cards]
+    if not cards:  # None, or no model trained yet
+        return pd.DataFrame(columns=cols)
     now_ts = pd.Timestamp.now(tz="UTC") if now is None else _utc(now)
     rows = []
     for card in cards:
@@ -182,6 +183,85 @@ def model_health(cards: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, 
         rows.append(row)
     out = pd.DataFrame(rows)
     return out[cols + [c for c in out.columns if c not in cols]]
+
+
+def latest_cards(models_dir: str | Path, kinds: Sequence[str] = ("supervised", "unsupervised")) -> list[dict[str, Any]]:
+    """The card of the newest saved model of each kind (kinds never trained are left out)."""
+    from ._model_store import versions
+
+    return [found[-1].card for kind in kinds if (found := versions(models_dir, kind))]
+
+
+DRIFT_COLUMNS = ["feature", "median_old", "median_new", "iqr_old", "shift"]
+
+
+@dataclass
+class RetrainingChange:
+    """A model version against the one before it (``models.compare_versions``), also when there is none.
+
+    Phase 5 and the report's model health say the same thing the same way, and a first version
+    is a sentence rather than a special case in each notebook.
+    """
+
+    version: str | None  # None: no model of this kind yet
+    previous: str | None  # None: ``version`` is the first
+    comparison: Any = None  # models.VersionComparison when both exist
+
+    def summary(self) -> str:
+        if self.comparison is not None:
+            return str(self.comparison.summary())
+        if self.version is None:
+            return "no model of this kind has been trained yet"
+        return f"{self.version} is the first version: nothing to compare with yet"
+
+    @property
+    def drift(self) -> pd.DataFrame:
+        """Per feature the shift of the training median in IQRs, largest first (empty without a previous)."""
+        return self.comparison.drift if self.comparison is not None else pd.DataFrame(columns=DRIFT_COLUMNS)
+
+    @property
+    def largest_shift(self) -> float | None:
+        drift = self.drift
+        return float(drift["shift"].max()) if len(drift) else None
+
+
+def retraining_change(new: Any, previous: Sequence[Any] | None = None) -> RetrainingChange:
+    """``new`` (a ``models.ModelVersion`` or None) against the last of ``previous`` (none: a first version)."""
+    from ._model_store import compare_versions
+
+    before = list(previous or [])[-1:]
+    if new is None:
+        return RetrainingChange(None, None)
+    if not before:
+        return RetrainingChange(new.version, None)
+    return RetrainingChange(new.version, before[0].version, compare_versions(before[0], new))
+
+
+def latest_retraining(models_dir: str | Path, kind: str = "unsupervised") -> RetrainingChange:
+    """The newest saved version of ``kind`` against the one saved before it."""
+    from ._model_store import versions
+
+    found = versions(models_dir, kind)
+    return retraining_change(found[-1] if found else None, found[:-1])
+
+
+def hosts_changed(comparison: Any) -> int:
+    """How many hosts' behaviour changed at all (change score above zero) in a ``BehaviourComparison``."""
+    return 0 if comparison is None else int((comparison.hosts["change_score"] > 0).sum())
+
+
+def phase_table(phases: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """The report's "This run" table: per phase record (``runner.read_phases``) its time and main figures."""
+    cols = ["phase", "seconds", "rows", "alerts", "model version"]
+    rows = [{"phase": name, "seconds": rec.get("seconds"), "rows": rec.get("rows"), "alerts": rec.get("alerts"),
+             "model version": rec.get("model_version")} for name, rec in phases.items()]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def constant_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns that do not vary (standard deviation 0): they carry no signal and have no correlation."""
+    spread = frame.std(numeric_only=True)
+    return [str(c) for c in spread.index[spread == 0]]
 
 
 def _shorten(names: list[str], keep: int = 5) -> str | None:

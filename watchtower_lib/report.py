@@ -20,21 +20,33 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ._report_tables import (
     METRICS,
     SEVERITY_ORDER,
+    RetrainingChange,
     attack_families,
     behaviour_changes,
+    constant_columns,
+    hosts_changed,
+    latest_cards,
+    latest_retraining,
     model_health,
     period_figures,
+    phase_table,
+    retraining_change,
     top_alerted_hosts,
     unknown_anomalies,
     week_over_week,
 )
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .periods import Period
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +55,9 @@ __all__ = [
     "period_figures", "week_over_week", "week_over_week_figure", "alerts_over_time",
     "top_alerted_hosts", "top_hosts_figure", "attack_families", "families_figure",
     "unknown_anomalies", "behaviour_changes", "behaviour_figure", "hour_profile_figure",
-    "drift_figure", "model_health",
+    "drift_figure", "model_health", "PeriodData", "period_data", "phase_table", "latest_cards",
+    "RetrainingChange", "retraining_change", "latest_retraining", "hosts_changed", "constant_columns",
+    "correlation_figure",
 ]
 
 WIDTH = 720  # px: A4 portrait (794 px at 96 dpi) minus ~10 mm margins each side
@@ -99,6 +113,49 @@ def _layout(fig: Any, title: str, *, height: int = HEIGHT, **extra: Any) -> Any:
         **extra,
     )
     return fig
+
+
+@dataclass
+class PeriodData:
+    """What the weekly report shows for a period and the one of the same length before it."""
+
+    period: Period
+    previous: Period
+    conn: pd.DataFrame  # conn rows of both periods: the behaviour comparison needs them together
+    conn_now: pd.DataFrame
+    conn_before: pd.DataFrame
+    alerts: pd.DataFrame
+    alerts_before: pd.DataFrame
+    incidents: pd.DataFrame  # incidents overlapping the period (one spanning both weeks is in both)
+    incidents_before: pd.DataFrame
+    figures: dict[str, float]  # period_figures of the period
+    figures_before: dict[str, float]
+
+
+def period_data(settings: Settings, period: Period, *, source: str = "store") -> PeriodData:
+    """Load a period and the previous one: conn rows (store or Elasticsearch), alerts, incidents, figures.
+
+    One read of conn covers both periods and is split at ``period.start``, so the two weeks come
+    from the same source at the same moment. Incidents are those overlapping each period
+    (``AlertStore.incidents(start=, end=)``).
+    """
+    from . import es
+    from .alert_store import AlertStore
+
+    previous = period.previous()
+    conn = es.load_rows(settings, "conn", previous.start, period.end, source=source)
+    now = conn["ts"] >= period.start if len(conn) else pd.Series(False, index=conn.index)
+    db = AlertStore(settings.alerts_db)
+    data = PeriodData(
+        period=period, previous=previous, conn=conn, conn_now=conn[now], conn_before=conn[~now],
+        alerts=db.alerts(period.start, period.end), alerts_before=db.alerts(previous.start, previous.end),
+        incidents=db.incidents(start=period.start, end=period.end),
+        incidents_before=db.incidents(start=previous.start, end=previous.end), figures={}, figures_before={})
+    nets = settings.internal_networks
+    data.figures = period_figures(data.conn_now, data.alerts, data.incidents, internal_networks=nets)
+    data.figures_before = period_figures(data.conn_before, data.alerts_before, data.incidents_before,
+                                         internal_networks=nets)
+    return data
 
 
 def empty_figure(title: str, message: str = NO_DATA) -> Any:
@@ -230,10 +287,13 @@ def behaviour_figure(comparison: Any, n: int = 10, title: str = "Hosts whose beh
     return _layout(fig, title, height=max(HEIGHT, 40 + 26 * len(table)))
 
 
-def hour_profile_figure(comparison: Any, host: str, title: str | None = None) -> Any:
-    """The hour-of-day activity of ``host`` in period A and period B, as two bar series."""
+def hour_profile_figure(comparison: Any, host: str | None = None, title: str | None = None) -> Any:
+    """The hour-of-day activity of ``host`` (default: the host that changed most) in period A and B."""
     import plotly.graph_objects as go
 
+    if host is None:
+        top = comparison.ranked(1)["host"] if comparison is not None else []
+        host = str(top[0]) if len(top) else ""
     title = title or f"Activity by hour of day (UTC): {host}"
     if comparison is None:
         return empty_figure(title)
@@ -269,3 +329,14 @@ def drift_figure(drift: pd.DataFrame | None, title: str = "Feature drift against
                       annotation_position="top right")
     fig.update_layout(yaxis_title="PSI", xaxis_title="feature")
     return _layout(fig, title)
+
+
+def correlation_figure(features: pd.DataFrame, title: str = "Correlation of the non-constant features") -> Any:
+    """Heatmap of the pairwise correlation of the features that vary (constant ones have none)."""
+    import plotly.express as px
+
+    varying = features.drop(columns=constant_columns(features)).select_dtypes("number")
+    if varying.shape[1] == 0 or len(varying) < 2:
+        return empty_figure(title)
+    return px.imshow(varying.corr().round(2), color_continuous_scale="RdBu_r", zmin=-1, zmax=1,
+                     width=WIDTH, height=640, title=title)
