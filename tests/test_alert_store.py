@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import IsolationForest
 
-from watchtower_lib import alerts, zeek
+from test_notify import _url, webhook  # noqa: F401 (a real HTTP server on 127.0.0.1, as a fixture)
+from watchtower_lib import alerts, config, notify, zeek
 from watchtower_lib.alert_store import AlertStore, severity_at_least
 from watchtower_lib.errors import StoreError
 
@@ -218,3 +219,28 @@ def test_incidents_of_a_period_are_those_overlapping_it(store, scan_alerts):
     store.set_status(expected["incident_id"].iloc[0], "closed")
     assert len(store.incidents("new", start=start, end=end)) == len(expected) - 1
     assert len(store.incidents(start=start.isoformat(), end=end.to_pydatetime())) == len(expected)  # text, datetime
+
+
+def test_notify_open_sends_the_stores_open_incidents_once(tmp_path, scan_alerts, webhook):  # noqa: F811
+    """The decision phase 6 and `watchtower detect` share: open incidents, to configured channels, once."""
+    (tmp_path / "watchtower.yml").write_text(
+        f"alerts_db: alerts.sqlite\nnotifications:\n  webhook: {{url: '{_url(webhook)}', min_severity: low}}\n")
+    settings = config.load(tmp_path / "watchtower.yml", env={})
+    db = AlertStore(settings.alerts_db)
+    db.upsert_alerts(scan_alerts)
+    db.upsert_incidents(alerts.group_incidents(scan_alerts, 10))
+    ids = db.incidents()["incident_id"].tolist()
+    assert len(ids) == 5
+    db.set_status(ids[0], "closed")
+    db.set_status(ids[1], "acknowledged")  # seen by an analyst, but no channel has told anyone yet
+    assert notify.notify_open(settings, send=False).channels == [] and webhook.received == []
+    sent = notify.notify_open(settings)
+    assert sent.ok and sent.sent == 4 and [c.channel for c in sent.channels] == ["webhook"]
+    ((_, body),) = webhook.received
+    assert sorted(i["incident_id"] for i in body["incidents"]) == sorted(ids[1:])
+    assert {i["status"] for i in body["incidents"]} == {"new", "acknowledged"}
+    again = notify.notify_open(settings, send=True)
+    assert again.sent == 0 and again.channels[0].already_notified == 4 and len(webhook.received) == 1
+    quiet = notify.notify_open(config.load(env={"WATCHTOWER_ALERTS_DB": str(settings.alerts_db)}))
+    assert quiet.channels == [] and quiet.sent == 0 and quiet.summary() == "no notification channel configured"
+    assert notify.configured(settings.notifications) and not notify.configured(config.Settings().notifications)

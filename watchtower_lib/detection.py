@@ -52,6 +52,23 @@ class DetectionRun:
             parts.append(f"elasticsearch: {self.es_error}")
         return "; ".join(parts + self.notes)
 
+    def es_status(self) -> str | dict[str, int]:
+        """What indexing did: the counts, why alerts stayed pending, or that Elasticsearch is not configured."""
+        if self.es_error:
+            return self.es_error
+        if self.es is None:
+            return "not configured"
+        return {"created": self.es.created, "existing": self.es.existing, "failed": self.es.failed}
+
+    def figures(self) -> dict[str, Any]:
+        """The phase-6 record (``runner.record_phase``): counts, alerts per kind, model versions, indexing."""
+        by_kind = self.alerts["kind"].value_counts().to_dict() if "kind" in self.alerts else {}
+        return {"rows": self.connections, "alerts": len(self.alerts), "new_alerts": self.new_alerts,
+                "already_alerted": self.already_alerted, "alerts_by_kind": by_kind,
+                "incidents": len(self.incidents), "new_incidents": self.new_incidents,
+                "model_version": self.model_versions,
+                "es_indexed": self.es.created if self.es is not None else None, "es_error": self.es_error}
+
 
 def scoring_frame(settings: Settings, start: Any = None, end: Any = None) -> pd.DataFrame:
     """The conn rows of ``start <= ts < end`` with their dns query joined by uid, as in training."""

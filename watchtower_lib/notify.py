@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from .alerts import SEVERITIES, SEVERITY_RANK
-from .config import EmailConfig, NotificationsConfig, WebhookConfig
+from .config import EmailConfig, NotificationsConfig, Settings, WebhookConfig
 from .errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,31 @@ def notify(incidents: pd.DataFrame, config: NotificationsConfig, state_db: str |
         result.sent = [p["incident_id"] for p in payload]
         log.info("%s: notified %d incidents", name, len(payload))
     return report
+
+
+def configured(config: NotificationsConfig) -> bool:
+    """Whether any notification channel (webhook or email) is switched on in the config."""
+    return config.webhook is not None or config.email is not None
+
+
+def notify_open(settings: Settings, *, send: bool | None = None, now: datetime | None = None) -> NotifyReport:
+    """Notify the configured channels of the alert store's open incidents: phase 6 and ``watchtower detect``.
+
+    One decision for both: ``send`` None (the default) or True notifies when a channel is configured,
+    False never. Open means not closed, so an incident acknowledged before any channel told anyone
+    is still sent once; each channel's record of what it sent keeps every incident to one message.
+
+    Returns
+    -------
+    NotifyReport
+        Empty (no channels; ``summary()`` says none is configured) when nothing was to be sent.
+    """
+    if send is False or not configured(settings.notifications):
+        return NotifyReport()
+    from .alert_store import AlertStore
+
+    incidents = AlertStore(settings.alerts_db).incidents()
+    return notify(incidents[incidents["status"] != "closed"], settings.notifications, settings.alerts_db, now=now)
 
 
 def _post(config: WebhookConfig, incidents: list[dict[str, Any]], now: datetime) -> None:

@@ -37,25 +37,19 @@ def detect(ctx: click.Context, start: str | None, end: str | None, send: bool | 
     """
     from ..alert_store import AlertStore
     from ..detection import run
+    from ..notify import configured, notify_open
 
     settings = settings_from(ctx)
     result = run(settings, start, end)
     click.echo(f"{result.summary()}  -> {settings.alerts_db}")
-    db = AlertStore(settings.alerts_db)
-    code = 0
-    open_incidents = db.incidents()
-    open_incidents = open_incidents[open_incidents["status"] != "closed"]
-    configured = settings.notifications.webhook is not None or settings.notifications.email is not None
-    if send and not configured:
+    if send and not configured(settings.notifications):
         click.echo("warning: --notify given but no notification channel is configured", err=True)
-    if (send is None or send) and configured:
-        from ..notify import notify
-
-        report = notify(open_incidents, settings.notifications, settings.alerts_db)
+    report = notify_open(settings, send=send)
+    if report.channels:
         click.echo(f"notifications: {report.summary()}")
-        code = 0 if report.ok else EXIT_NOTIFY_FAILED
-    _print_table(open_incidents)
-    ctx.exit(code)
+    open_incidents = AlertStore(settings.alerts_db).incidents()
+    _print_table(open_incidents[open_incidents["status"] != "closed"])
+    ctx.exit(0 if report.ok else EXIT_NOTIFY_FAILED)
 
 
 def _print_table(incidents: Any, limit: int = 20) -> None:
