@@ -143,3 +143,46 @@ def test_demo_ingests_the_sample(tmp_path: Path) -> None:
 
     again = CliRunner().invoke(cli, ["demo", "--ingest-only"], env=env)
     assert again.exit_code == 0 and "ingested 0 file(s) (0 rows), 44 already in the store" in again.output
+
+
+def test_train_supervised_without_paths_uses_the_labelled_captures(tmp_path: Path) -> None:
+    """`watchtower train --supervised` and phase 4 share models.training_files: data_dir/labelled/*/conn*.labeled."""
+    import shutil
+
+    from watchtower_lib import models
+    from watchtower_lib.errors import ModelError
+    from watchtower_lib.labels import read_labelled
+
+    shipped = sorted((ROOT / "data/labelled").glob("*/conn.log.labeled"))
+    assert models.training_files(ROOT / "data") == [str(p) for p in shipped] and len(shipped) == 2
+    source = ROOT / "data/labelled/008-ctu-normal-40-day1"
+    capture = tmp_path / "data/labelled/008-ctu-normal-40-day1"
+    capture.mkdir(parents=True)
+    for name in ("conn.log.labeled", "http.log.labeled", "labels.config"):  # only the conn log is for training
+        shutil.copy(source / name, capture)
+    assert models.training_files(tmp_path / "data") == [str(capture / "conn.log.labeled")]
+    assert models.training_files(tmp_path / "data", [source / "conn.log.labeled"]) == [str(source / "conn.log.labeled")]
+    (tmp_path / "watchtower.yml").write_text("data_dir: data\nmodels_dir: models\n")
+    result = CliRunner().invoke(cli, ["--config", str(tmp_path / "watchtower.yml"), "train", "--supervised"])
+    assert result.exit_code == 0, result.output
+    (trained,) = models.versions(tmp_path / "models", "supervised")
+    labels = read_labelled(capture / "conn.log.labeled")["label"]
+    assert [f["path"] for f in trained.card["training"]["files"]] == [str(capture / "conn.log.labeled")]
+    assert trained.card["training"]["rows"] == int((labels != "unknown").sum()) == 5603
+    assert f"trained on {5603:,} rows" in result.output
+    # what the forest looks at most (phase 4's figure): every feature's importance, named, largest first
+    pipeline = trained.load()
+    every = models.feature_importances(pipeline, None)
+    assert len(every) == len(models.feature_names(pipeline)) and abs(every.sum() - 1.0) < 1e-9
+    assert every.is_monotonic_decreasing and every.index.name == "feature"
+    top = models.feature_importances(pipeline)
+    assert len(top) == 20 and top.equals(every.head(20)) and top.iloc[0] > top.iloc[-1] > 0
+    forest = pipeline[-1]
+    assert top.iloc[0] == forest.feature_importances_.max()
+    assert models.feature_names(pipeline)[int(forest.feature_importances_.argmax())] == top.index[0]
+    with pytest.raises(ModelError, match="no feature importances"):
+        models.feature_importances(models.build_unsupervised().fit(read_labelled(capture / "conn.log.labeled")))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.yml").write_text("data_dir: empty\nmodels_dir: models\n")
+    failed = _run("--config", str(tmp_path / "empty.yml"), "train", "--supervised")
+    assert failed.returncode == 2 and "no labelled conn logs" in failed.stderr and "Traceback" not in failed.stderr

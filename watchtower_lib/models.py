@@ -37,7 +37,7 @@ __all__ = [
     "build_supervised", "build_unsupervised", "training_rows", "anomaly_score", "malicious_proba", "score_both",
     "predict_family", "explain", "baseline_medians", "train_supervised", "retrain_unsupervised",
     "read_captures", "save", "load", "read_card", "latest", "versions", "prune", "compare_versions",
-    "feature_names",
+    "feature_names", "feature_importances", "training_files", "LABELLED_GLOB",
 ]
 
 LABELS = ("benign", "malicious")
@@ -426,3 +426,37 @@ def retrain_unsupervised(store_dir: str | Path, end: Any, window_days: int = 7, 
     log.info("unsupervised %s: %d rows (%d alerted left out), threshold %.4f, %d old versions removed",
              version, card["training"]["rows"], card["training"]["excluded_alerted"], threshold, len(removed))
     return ModelVersion("unsupervised", version, vdir, read_card(vdir))
+
+
+#: where phase 4 and ``watchtower train --supervised`` find labelled captures when given none
+LABELLED_GLOB = "labelled/*/conn*.labeled"
+
+
+def training_files(data_dir: str | Path, paths: Sequence[str | Path] = ()) -> list[str]:
+    """The labelled conn logs to train the forest on: ``paths``, else every ``data_dir/labelled/*/conn*.labeled``.
+
+    One default for the notebook and the command, sorted so a rerun trains on the same files in the
+    same order. Raises ``ModelError`` when none are given and none are found (naming where it looked).
+    """
+    if paths:
+        return [str(p) for p in paths]
+    found = sorted(str(p) for p in Path(data_dir).glob(LABELLED_GLOB))
+    if not found:
+        raise ModelError(f"no labelled conn logs ({LABELLED_GLOB}) under {data_dir}: give the files to train on "
+                         f"(watchtower train --supervised PATHS..., or the notebook's labelled_paths)")
+    return found
+
+
+def feature_importances(model: Pipeline, top: int | None = 20) -> pd.Series:
+    """What the supervised forest looks at most: impurity importance per feature (all sum to 1), largest first.
+
+    ``top`` keeps that many (None: all). Raises ``ModelError`` for a model without importances
+    (the Isolation Forest has none).
+    """
+    forest = model[-1]
+    if not hasattr(forest, "feature_importances_"):
+        raise ModelError(f"{type(forest).__name__} has no feature importances: pass the supervised model")
+    index = pd.Index(feature_names(model), name="feature")
+    ranked = pd.Series(forest.feature_importances_, index=index, name="importance").sort_values(
+        ascending=False, kind="stable")
+    return ranked if top is None else ranked.head(top)

@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 @click.command("train")
 @click.option("--supervised", "mode", flag_value="supervised",
-              help="Train the Random Forest (known attacks) on the labelled conn logs given as PATHS.")
+              help="Train the Random Forest (known attacks) on the labelled conn logs given as PATHS "
+                   "(default: every data_dir/labelled/*/conn*.labeled, as phase 4).")
 @click.option("--unsupervised", "mode", flag_value="unsupervised",
               help="Retrain the Isolation Forest (anomalies) on the last window of the store.")
 @click.option("--end", metavar="DATE", default=None,
@@ -29,10 +30,11 @@ def train(ctx: click.Context, mode: str | None, end: str | None, window_days: in
     """Train a detection model and save it as a new version under models/.
 
     \b
-    watchtower train --supervised data/labelled/*/conn.log.labeled
+    watchtower train --supervised [data/labelled/*/conn.log.labeled]
         learns known attacks from labelled captures (IoT-23 / Stratosphere
-        labels); with two or more captures its alert threshold and the
-        figures on its card come from leaving each capture out in turn.
+        labels; without PATHS, every data_dir/labelled/*/conn*.labeled);
+        with two or more captures its alert threshold and the figures on
+        its card come from leaving each capture out in turn.
     watchtower train --unsupervised [--end 2026-01-12]
         relearns "normal" from the last week of the store, leaving out
         connections that already raised alerts, and sets the anomaly
@@ -48,9 +50,8 @@ def train(ctx: click.Context, mode: str | None, end: str | None, window_days: in
     if mode is None:
         raise click.UsageError("say what to train: --supervised PATHS... or --unsupervised")
     if mode == "supervised":
-        if not paths:
-            raise click.UsageError("--supervised needs labelled conn logs: watchtower train --supervised PATHS...")
-        trained = models.train_supervised(list(paths), models_dir=settings.models_dir, random_state=seed,
+        files = models.training_files(settings.data_dir, paths)
+        trained = models.train_supervised(files, models_dir=settings.models_dir, random_state=seed,
                                           keep=det.keep_models)
     else:
         if paths:
