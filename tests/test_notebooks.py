@@ -10,6 +10,7 @@ import ast
 import json
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -18,10 +19,10 @@ import papermill as pm
 import pytest
 
 from conftest import require
-from watchtower_lib import config, render, runner
+from watchtower_lib import config, render, runner, store
 from watchtower_lib.zeek import read_log
 from watchtower_lib.alert_store import AlertStore
-from watchtower_lib.errors import PhaseError
+from watchtower_lib.errors import ConfigError, PhaseError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -70,6 +71,70 @@ def test_notebook_is_thin_and_clean(path):
                 assert node.module in IMPORTS, cell.source
     assert f'wt.runner.record_phase(output_dir, "{path.stem}"' in code[-1].source.replace("(\n    ", "(")
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+
+
+# ------------------------------------------------------------------ the library steps the notebooks call
+def test_phase_1_helpers_collect_from_a_local_sensor(tmp_path):
+    capture = SAMPLE / "stratosphere/002-nmap-port-scanning/conn.log"
+    logs = tmp_path / "sensor-logs"
+    logs.mkdir()
+    shutil.copy(capture, logs / "conn.log")
+    nothing = config.load(env={"WATCHTOWER_RAW_DIR": str(tmp_path / "raw")})
+    empty = runner.collect_phase(nothing)
+    assert empty.sensors == [] and runner.collect_problems(empty) == []
+    assert runner.collect_table(empty).empty and runner.collect_table(empty).columns.tolist() == [
+        "sensor", "status", "files", "bytes", "seconds", "unchanged", "errors"]
+    assert runner.collect_figures(empty) == {"sensors": 0, "files": 0, "bytes": 0, "failed_sensors": []}
+    assert runner.sensors_note(nothing).startswith("**No sensors configured")
+    cfg = tmp_path / "watchtower.yml"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens there once we leave
+    cfg.write_text(f"raw_dir: raw\nsensors:\n  - {{name: box, kind: local, remote_dir: {logs}}}\n"
+                   f"  - {{name: gone, host: 127.0.0.1, port: {closed}, user: zeek, retries: 0, connect_timeout: 2}}\n")
+    settings = config.load(cfg, env={})
+    assert runner.sensors_note(settings) == f"Sensors: box (local), gone (ssh); raw logs go to `{tmp_path / 'raw'}`."
+    collected = runner.collect_phase(settings)
+    table = runner.collect_table(collected).set_index("sensor")
+    assert table.loc["box", "files"] == 1 and table.loc["box", "bytes"] == capture.stat().st_size
+    assert table.loc["gone", "status"] == "failed" and table.loc["gone", "errors"] >= 1
+    problems = runner.collect_problems(collected)
+    assert problems and all(p.startswith("gone: ") for p in problems)
+    assert runner.collect_figures(collected) == {"sensors": 2, "files": 1, "bytes": capture.stat().st_size,
+                                                 "failed_sensors": ["gone"]}
+    again = runner.collect_phase(settings, "box")  # one sensor; nothing new the second time
+    assert runner.collect_figures(again) == {"sensors": 1, "files": 0, "bytes": 0, "failed_sensors": []}
+    with pytest.raises(ConfigError, match="no sensor named"):
+        runner.collect_phase(nothing, "box")
+
+
+def test_phase_2_helpers_ingest_per_sensor_and_total(tmp_path):
+    scan, honeypot = SAMPLE / "stratosphere/002-nmap-port-scanning", SAMPLE / "stratosphere/006-ssh-honeypot-rpi"
+    readme = ROOT / "data/README.md"  # named explicitly but not Zeek: unreadable, skipped
+    sources = {"lab": [scan], "pi": [honeypot, readme]}
+    reports = store.ingest_sources(sources, tmp_path / "store", errors="skip")
+    expected = {name: {} for name in sources}
+    for name, folder in (("lab", scan), ("pi", honeypot)):
+        for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(".log")):
+            log_type = f.name.split(".")[0]
+            expected[name][log_type] = expected[name].get(log_type, 0) + len(read_log(f))
+    assert {name: r.rows_by_log_type for name, r in reports.items()} == expected
+    table = store.ingest_table(reports).set_index("sensor")
+    assert table.columns.tolist() == ["files ingested", "already in the store", "rows", "unreadable files", "seconds"]
+    assert table.loc["lab", "rows"] == sum(expected["lab"].values()) and table.loc["pi", "unreadable files"] == 1
+    total = store.combine_reports(reports.values())
+    assert total.files_ingested == reports["lab"].files_ingested + reports["pi"].files_ingested > 2
+    assert total.rows == sum(sum(e.values()) for e in expected.values()) == store.summary(tmp_path / "store")["rows"].sum()
+    assert total.rows_by_log_type["conn"] == expected["lab"]["conn"] + expected["pi"]["conn"]
+    by_type = total.log_type_table()
+    assert by_type["rows"].is_monotonic_decreasing and by_type["rows"].sum() == total.rows
+    assert by_type.index[0] == "conn" and by_type.index.name == "log_type"
+    errors = total.errors_table()
+    assert errors["file"].tolist() == [str(readme)] and "README" in errors.loc[0, "file"]
+    assert set(store.load(tmp_path / "store", "ssh")["_sensor"]) == {"pi"}
+    twice = store.combine_reports(store.ingest_sources(sources, tmp_path / "store").values())
+    assert twice.files_ingested == 0 and twice.files_skipped == total.files_ingested and twice.rows == 0
+    assert twice.log_type_table().empty and store.combine_reports([]).rows == 0
 
 
 # ------------------------------------------------------------------ the real thing

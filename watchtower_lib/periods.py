@@ -1,4 +1,5 @@
-"""Periods: the half-open UTC interval a run works on, and the rule that picks it.
+"""Periods and phase plumbing: the half-open UTC interval a run works on, the rule that picks it,
+and the small steps the phase notebooks would otherwise spell out in cells (runner re-exports them).
 
 ``--week 2026-W48`` is Monday 00:00 UTC to the next Monday; ``--start/--end`` is ``[start, end)``.
 With neither, the period is the ISO week that contains the newest ``conn`` day in the store (any log
@@ -12,9 +13,15 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .collect import CollectReport
 
 UTC = dt.timezone.utc
 #: phase number -> notebook name (``notebooks/<name>.ipynb``); 0 is the explorer, not part of ``1-7``.
@@ -153,3 +160,56 @@ def parse_phases(spec: str | int | list[int] | tuple[int, ...]) -> list[int]:
     if unknown or not numbers:
         raise ConfigError(f"phases {spec!r}: phases are 0-7 (0 explore, 1 collect ... 7 weekly report)")
     return sorted(numbers)
+
+
+# ----------------------------------------------------------------------------------------------
+# phase 1 (collect) and phase 2's Elasticsearch step, as the notebooks show and record them
+
+COLLECT_COLUMNS = ["sensor", "status", "files", "bytes", "seconds", "unchanged", "errors"]
+
+
+def sensors_note(settings: Settings) -> str:
+    """Markdown for phase 1: the sensors and where their logs go, or that none is configured."""
+    if not settings.sensors:
+        return ("**No sensors configured: nothing to collect.** Add a `sensors:` list to the config file to pull "
+                "logs; phase 2 still ingests the shipped sample.")
+    names = ", ".join(f"{s.name} ({s.kind})" for s in settings.sensors)
+    return f"Sensors: {names}; raw logs go to `{settings.raw_dir}`."
+
+
+def collect_phase(settings: Settings, sensor: str | None = None) -> CollectReport:
+    """Phase 1: ``collect.collect`` from every sensor (or ``sensor``); none configured is an empty report.
+
+    Why not an error: a run on the shipped sample has no sensors, and phase 2 still has work.
+    A ``sensor`` that is not configured is still an error (``ConfigError``).
+    """
+    from .collect import CollectReport, collect
+
+    if not settings.sensors and not sensor:
+        return CollectReport([])
+    return collect(settings, sensor or None)
+
+
+def collect_table(report: CollectReport) -> pd.DataFrame:
+    """One row per sensor (:data:`COLLECT_COLUMNS`); empty, with the columns, when nothing was collected."""
+    import pandas as pd
+
+    return pd.DataFrame(report.rows(), columns=COLLECT_COLUMNS)
+
+
+def collect_problems(report: CollectReport) -> list[str]:
+    """Every refused file and error, as ``"sensor: problem"`` lines."""
+    return [f"{s.name}: {problem}" for s in report.sensors for problem in [*s.refused, *s.errors]]
+
+
+def collect_figures(report: CollectReport) -> dict[str, Any]:
+    """Phase 1's record: sensors, files and bytes transferred, and the sensors that failed."""
+    return {"sensors": len(report.sensors), "files": sum(s.files for s in report.sensors),
+            "bytes": sum(s.bytes for s in report.sensors),
+            "failed_sensors": [s.name for s in report.sensors if s.status == "failed"]}
+
+
+def sync_figures(synced: Any) -> dict[str, Any]:
+    """Phase 2's record of ``es.sync_pending``: rows indexed per log type, whether it went in, what waits."""
+    return {"es_indexed": {t: r.created for t, r in synced.reports.items()}, "es_ok": synced.ok,
+            "es_rows_pending": synced.rows_pending, "es_message": synced.message}

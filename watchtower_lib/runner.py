@@ -32,12 +32,14 @@ from typing import Any
 
 from .config import Settings
 from .errors import ConfigError, PhaseError, WatchtowerError
-from .periods import PHASES, UTC, Period, newest_day, parse_phases, resolve_period, week_period
+from .periods import (PHASES, UTC, Period, collect_figures, collect_phase, collect_problems, collect_table,
+                      newest_day, parse_phases, resolve_period, sensors_note, sync_figures, week_period)
 
 __all__ = [
     "PHASES", "NEEDS_PERIOD", "Period", "PhaseRecord", "RunRecord", "list_runs", "newest_day", "notebooks_dir",
     "parse_phases", "phase_sources", "read_phase", "read_phases", "record_phase", "resolve_period",
-    "run_phases", "week_period",
+    "run_phases", "week_period", "collect_phase", "collect_table", "collect_problems", "collect_figures",
+    "sensors_note", "sync_figures",
 ]
 
 log = logging.getLogger(__name__)

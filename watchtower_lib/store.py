@@ -47,7 +47,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +85,55 @@ class IngestReport:
     @property
     def rows(self) -> int:
         return sum(self.rows_by_log_type.values())
+
+    def log_type_table(self) -> pd.DataFrame:
+        """Rows ingested per log type, most first (``rows`` column, indexed by log type)."""
+        import pandas as pd
+
+        rows = pd.Series(self.rows_by_log_type, name="rows", dtype="int64").rename_axis("log_type")
+        return rows.sort_values(ascending=False, kind="stable").to_frame()
+
+    def errors_table(self) -> pd.DataFrame:
+        """One row per file that was not ingested, with why (sorted by file)."""
+        import pandas as pd
+
+        return pd.DataFrame(sorted(self.errors.items()), columns=["file", "why it was not ingested"])
+
+
+def ingest_sources(sources: Mapping[str, Iterable[str | Path]], store_dir: str | Path, *, errors: str = "skip",
+                   progress: bool = False) -> dict[str, IngestReport]:
+    """Ingest each sensor's files and folders under its own sensor name (``runner.phase_sources`` output).
+
+    Why per sensor: every stored row carries the sensor it came from. Returns sensor -> report.
+    """
+    return {name: ingest(list(paths), store_dir, sensor=name, errors=errors, progress=progress)
+            for name, paths in sources.items()}
+
+
+def combine_reports(reports: Iterable[IngestReport]) -> IngestReport:
+    """One report for several ingests (phase 2's totals): counts and times added, rows and errors merged."""
+    total = IngestReport()
+    for r in reports:
+        total.files_ingested += r.files_ingested
+        total.files_skipped += r.files_skipped
+        total.files_replaced += r.files_replaced
+        total.rows_replaced += r.rows_replaced
+        total.files_written += r.files_written
+        total.seconds += r.seconds
+        total.errors.update(r.errors)
+        total.not_logs.extend(r.not_logs)
+        for log_type, n in r.rows_by_log_type.items():
+            total.rows_by_log_type[log_type] = total.rows_by_log_type.get(log_type, 0) + n
+    return total
+
+
+def ingest_table(reports: Mapping[str, IngestReport]) -> pd.DataFrame:
+    """One row per sensor: files ingested, already in the store, rows, unreadable files, seconds."""
+    import pandas as pd
+
+    cols = ["sensor", "files ingested", "already in the store", "rows", "unreadable files", "seconds"]
+    return pd.DataFrame([(name, r.files_ingested, r.files_skipped, r.rows, len(r.errors), round(r.seconds, 1))
+                         for name, r in reports.items()], columns=cols)
 
 
 # ---------------------------------------------------------------------- ingest
@@ -338,4 +387,5 @@ def _progress_bar(total: int) -> Any:
     return tqdm(total=total, unit="file", desc="ingest", leave=True, disable=None)
 
 
-__all__ = ["IngestReport", "ingest", "load", "summary", "log_types", "files", "looks_like_zeek"]
+__all__ = ["IngestReport", "ingest", "ingest_sources", "combine_reports", "ingest_table", "load", "summary",
+           "log_types", "files", "looks_like_zeek"]
