@@ -19,6 +19,7 @@ import papermill as pm
 import pytest
 
 from conftest import require
+from test_render import _read_pgm
 from watchtower_lib import config, render, runner, store
 from watchtower_lib.zeek import read_log
 from watchtower_lib.alert_store import AlertStore
@@ -181,7 +182,8 @@ def test_phase_2_helpers_ingest_per_sensor_and_total(tmp_path):
     assert table.loc["lab", "rows"] == sum(expected["lab"].values()) and table.loc["pi", "unreadable files"] == 1
     total = store.combine_reports(reports.values())
     assert total.files_ingested == reports["lab"].files_ingested + reports["pi"].files_ingested > 2
-    assert total.rows == sum(sum(e.values()) for e in expected.values()) == store.summary(tmp_path / "store")["rows"].sum()
+    stored = store.summary(tmp_path / "store")["rows"].sum()
+    assert total.rows == sum(sum(e.values()) for e in expected.values()) == stored
     assert total.rows_by_log_type["conn"] == expected["lab"]["conn"] + expected["pi"]["conn"]
     by_type = total.log_type_table()
     assert by_type["rows"].is_monotonic_decreasing and by_type["rows"].sum() == total.rows
@@ -238,9 +240,10 @@ def test_pipeline_runs_all_seven_phases_on_real_data(pipeline):
     assert saved["status"] == "ok" and saved["parameters"]["source_config"] == str(settings.config_path)
 
 
-def test_report_renders_from_the_run(pipeline):
+def test_report_renders_from_the_run(pipeline, tmp_path):
     require("CHROMIUM", bool(shutil.which("chromium") or shutil.which("chromium-browser")), "to print the PDF")
-    require("POPPLER", shutil.which("pdftotext") is not None, "to read the PDF")
+    require("POPPLER", shutil.which("pdftotext") is not None and shutil.which("pdftoppm") is not None,
+            "to read the PDF")
     settings, record = pipeline
     files = render.render_report(record.notebook(7), render.report_dir(settings.reports_dir, "2022-W39"))
     html = files.html.read_text(encoding="utf-8")
@@ -254,6 +257,53 @@ def test_report_renders_from_the_run(pipeline):
     pages = int(re.search(r"Pages:\s+(\d+)", subprocess.run(["pdfinfo", str(files.pdf)], capture_output=True,
                                                                text=True).stdout)[1])
     assert 3 <= pages <= 12
+    _assert_figures_drawn(files.pdf, pages, tmp_path)
+
+
+#: titles plotly draws inside the report's figures (a section heading may end the page before its figure)
+FIGURE_TITLES = ("This period against the previous one", "Alerts over time", "Top alerted hosts",
+                 "Known attack families", "Hosts whose behaviour changed most", "Activity by hour of day (UTC)")
+
+
+def _assert_figures_drawn(pdf: Path, pages: int, folder: Path) -> None:
+    """Every page holding a figure is drawn in colour; a page of text and tables has none.
+
+    The figures are the only coloured ink in the report (bars in blues, reds, purple); text is black and
+    tables are grey, so the count of saturated pixels tells a drawn figure from an empty frame or a
+    figure missing altogether, which leave no colour and no title.
+    """
+    text = {page: subprocess.run(["pdftotext", "-f", str(page), "-l", str(page), str(pdf), "-"],
+                                 capture_output=True, text=True, check=True).stdout for page in range(1, pages + 1)}
+    holding = {title: [page for page, words in text.items() if title in words] for title in FIGURE_TITLES}
+    assert all(holding.values()), f"figure titles missing from the PDF (figures not drawn): {holding}"
+    figure_pages = sorted({page for found in holding.values() for page in found})
+    assert len(figure_pages) >= 3
+    for page in figure_pages:
+        width, height, coloured, dark = _page_pixels(pdf, page, folder)
+        assert dark > 0.02 * width * height, f"page {page}: only {dark} non-white pixels"
+        assert coloured > 0.01 * width * height, f"page {page}: {coloured} coloured pixels, its figure is not drawn"
+    # the control: the page of the run table holds tables and text only (its drift figure says "no data",
+    # the week before being empty), and shows no colour, so the measure above is the figures'
+    (tables,) = [page for page, words in text.items() if "This run" in words]
+    assert tables not in figure_pages and "no data for this period" in text[tables]
+    width, height, coloured, dark = _page_pixels(pdf, tables, folder)
+    assert coloured < 0.001 * width * height < dark, (tables, coloured)
+
+
+def _page_pixels(pdf: Path, page: int, folder: Path) -> tuple[int, int, int, int]:
+    """``(width, height, coloured, dark)`` pixels of one page at 30 dpi: saturated, and darker than light grey."""
+    out = folder / f"page{page}"
+    out.mkdir(exist_ok=True)
+    subprocess.run(["pdftoppm", "-r", "30", "-f", str(page), "-l", str(page), str(pdf), str(out / "p")], check=True)
+    subprocess.run(["pdftoppm", "-gray", "-r", "30", "-f", str(page), "-l", str(page), str(pdf), str(out / "g")],
+                   check=True)
+    (ppm,), (pgm,) = out.glob("p-*.ppm"), out.glob("g-*.pgm")
+    width, height, grey = _read_pgm(pgm)  # test_render's reader of pdftoppm's grey pages
+    magic, w, h, maxval, rest = ppm.read_bytes().split(maxsplit=4)
+    assert (magic, maxval, int(w), int(h)) == (b"P6", b"255", width, height)
+    rgb = rest[: width * height * 3]
+    coloured = sum(1 for i in range(0, len(rgb), 3) if max(rgb[i:i + 3]) - min(rgb[i:i + 3]) > 60)
+    return width, height, coloured, sum(1 for value in grey if value < 200)
 
 
 def test_later_runs_reuse_the_store(pipeline):
