@@ -32,6 +32,7 @@ class Source:
         self.path = os.fspath(path)
         self.errors = errors
         self.damaged: str | None = None
+        self.gzip = False  # known once chunks() has looked at the magic bytes
 
     def chunks(self) -> Iterator[tuple[bytes | bytearray, int]]:
         """``(buffer, n)`` pairs: ``buffer[:n]`` is the next piece of the file, ending at a
@@ -42,7 +43,7 @@ class Source:
         except OSError as exc:
             raise ZeekParseError(self.path, f"cannot open the file ({exc.strerror or exc})") from None
         with f:
-            gz = f.read(2) == _GZIP_MAGIC
+            gz = self.gzip = f.read(2) == _GZIP_MAGIC
             f.seek(0)
             if gz:
                 for data in self._gunzip(f):

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from . import _zeek_json, _zeek_tsv
+from . import _zeek_frame, _zeek_json, _zeek_tsv
 from ._zeek_io import Source as _Source
 from ._zeek_io import name_type as _name_type
 from ._zeek_io import peek as _peek
@@ -107,31 +107,80 @@ def read_arrow(path: PathLike, *, errors: str = "raise") -> pa.Table:
     fmt = _sniff(first, source.path)
     skipped: list[tuple[int, str]] = []
     if fmt == "json":
-        typer = _zeek_json.JsonTyper(source.path, None, _name_type(source.path))
-        tables = []
-        for batch in _zeek_json.iter_rows(chunks, source.path, errors, 1 << 16):
-            table, dropped = typer.table(batch, errors)
-            tables.append(table)
-            skipped += dropped
-        ltype = typer.log_type or _name_type(source.path)
-        table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+        table, ltype = _json_table(source, chunks, errors, skipped)
     else:
         blocks: list[_zeek_tsv.Block] = []
-        parts: list[pa.Table] = []
-        for seg in _zeek_tsv.iter_segments(chunks, source.path):
-            if not blocks or blocks[-1] is not seg.block:
-                blocks.append(seg.block)
-                _zeek_tsv.unify(source.path, blocks)  # a type conflict stops us before its rows
-            result = _zeek_tsv.parse_segment(seg, source.path, errors)
-            seg.lines = result.lines
-            _zeek_tsv.release_pools()
-            parts.append(result.table)
-            skipped += result.skipped
+        parts = list(_tsv_tables(source, chunks, errors, blocks, skipped))
         schema = _zeek_tsv.unify(source.path, blocks)
         table = _concat(parts, schema)
-        ltype = next((b.path for b in blocks if b.path), None) or _name_type(source.path)
+        ltype = _tsv_log_type(source, blocks)
     _report(source, skipped, table.num_rows)
     return _finish(table, fmt, ltype, len(skipped))
+
+
+def _json_table(source: _Source, chunks: Any, errors: str,
+                skipped: list[tuple[int, str]]) -> tuple[pa.Table, str | None]:
+    typer = _zeek_json.JsonTyper(source.path, None, _name_type(source.path))
+    tables = []
+    for batch in _zeek_json.iter_rows(chunks, source.path, errors, 1 << 16):
+        table, dropped = typer.table(batch, errors)
+        tables.append(table)
+        skipped += dropped
+    ltype = typer.log_type or _name_type(source.path)
+    return (pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})), ltype
+
+
+def _tsv_tables(source: _Source, chunks: Any, errors: str, blocks: list[_zeek_tsv.Block],
+                skipped: list[tuple[int, str]]) -> Iterator[pa.Table]:
+    """Each data segment's table, in file order; ``blocks`` and ``skipped`` fill as it goes."""
+    for seg in _zeek_tsv.iter_segments(chunks, source.path):
+        if not blocks or blocks[-1] is not seg.block:
+            blocks.append(seg.block)
+            _zeek_tsv.unify(source.path, blocks)  # a type conflict stops us before its rows
+        result = _zeek_tsv.parse_segment(seg, source.path, errors)
+        seg.lines = result.lines
+        _zeek_tsv.release_pools()
+        skipped += result.skipped
+        yield result.table
+
+
+def _tsv_log_type(source: _Source, blocks: list[_zeek_tsv.Block]) -> str | None:
+    return next((b.path for b in blocks if b.path), None) or _name_type(source.path)
+
+
+def _tsv_frame(source: _Source, chunks: Any, errors: str) -> pd.DataFrame:
+    """A TSV log as a DataFrame, numeric columns copied out segment by segment (``_zeek_frame``)."""
+    blocks: list[_zeek_tsv.Block] = []
+    skipped: list[tuple[int, str]] = []
+    numeric: dict[str, _zeek_frame.NumericColumn] = {}
+    parts: list[pa.Table] = []
+    rows = 0
+    estimate = 0
+    for table in _tsv_tables(source, chunks, errors, blocks, skipped):
+        if not estimate and table.num_rows:
+            seg_bytes = sum(b.size for col in table.columns for chunk in col.chunks for b in chunk.buffers() if b)
+            estimate = _zeek_frame.estimate_rows(source.path, source.gzip, seg_bytes, table.num_rows) \
+                if seg_bytes else 0
+            estimate = max(estimate, table.num_rows)
+        names = [f.name for f in table.schema if _zeek_frame.is_numeric(f.type)]
+        for name in names:
+            column = numeric.get(name)
+            if column is None:
+                column = numeric[name] = _zeek_frame.NumericColumn(table.schema.field(name).type,
+                                                                   max(estimate, rows + table.num_rows))
+            column.pad(rows)
+            column.append(table[name])
+        parts.append(table.drop_columns(names))
+        rows += table.num_rows
+        del table
+        _zeek_tsv.release_pools()
+    schema = _zeek_tsv.unify(source.path, blocks)
+    rest = pa.schema([f for f in schema if f.name not in numeric])
+    table = _finish(_concat(parts, rest), "tsv", _tsv_log_type(source, blocks), len(skipped))
+    del parts
+    _report(source, skipped, rows)
+    columns = {name: column.to_pandas(rows) for name, column in numeric.items()}
+    return _consume_to_pandas([table], columns, schema)
 
 
 def _concat(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
@@ -243,18 +292,22 @@ def _masked(col: pa.ChunkedArray) -> Any:
     return cls(values, mask, copy=False)
 
 
-def _consume_to_pandas(holder: list[pa.Table]) -> pd.DataFrame:
+def _consume_to_pandas(holder: list[pa.Table], converted: dict[str, Any] | None = None,
+                       schema: pa.Schema | None = None) -> pd.DataFrame:
     """Table -> DataFrame, dropping each Arrow column once converted.
 
     ``holder`` is a one-item list so that no caller frame keeps the table alive:
     converted columns are freed as we go, which keeps peak memory near one copy.
+    ``converted`` holds columns already made (``_tsv_frame``'s numeric ones) and
+    ``schema`` the full schema, for the column order and Zeek types.
     """
     import pandas as pd
 
     table = holder.pop()
     meta = table.schema.metadata or {}
-    zeek_types = {f.name: zeek_type_of(f) for f in table.schema}
-    order = table.column_names
+    schema = schema if schema is not None else table.schema
+    zeek_types = {f.name: zeek_type_of(f) for f in schema}
+    order = schema.names
     text = pd.StringDtype("pyarrow")
 
     def mapper(t: pa.DataType) -> Any:
@@ -264,7 +317,7 @@ def _consume_to_pandas(holder: list[pa.Table]) -> pd.DataFrame:
             return text
         return None
 
-    columns: dict[str, Any] = {}
+    columns: dict[str, Any] = dict(converted or {})
     release = _zeek_tsv.release_pools
     release()
     for f in table.schema:
@@ -272,9 +325,11 @@ def _consume_to_pandas(holder: list[pa.Table]) -> pd.DataFrame:
             columns[f.name] = _masked(table[f.name])
             table = table.drop_columns([f.name])
             release()  # the Arrow copy is freed: return it before the next one
+    left = table.num_columns
     rest = table.to_pandas(types_mapper=mapper, self_destruct=True, split_blocks=True)
     del table
-    index = rest.index
+    # a table of numeric columns only has no Arrow column left to carry the row count
+    index = rest.index if left or not columns else pd.RangeIndex(len(next(iter(columns.values()))))
     for name in rest.columns:
         columns[name] = rest[name]
     df = pd.DataFrame({name: columns[name] for name in order}, index=index, copy=False)
@@ -318,7 +373,16 @@ def read_log(path: PathLike, *, errors: str = "raise") -> pd.DataFrame:
     ZeekSchemaConflict
         Two header blocks give one column different types.
     """
-    holder = [read_arrow(path, errors=errors)]
+    _check_errors(errors)
+    source = _Source(path, errors)
+    first, chunks = _peek(source.chunks())
+    if _sniff(first, source.path) == "tsv":
+        return _tsv_frame(source, chunks, errors)
+    skipped: list[tuple[int, str]] = []
+    table, ltype = _json_table(source, chunks, errors, skipped)
+    _report(source, skipped, table.num_rows)
+    holder = [_finish(table, "json", ltype, len(skipped))]
+    del table
     return _consume_to_pandas(holder)
 
 
