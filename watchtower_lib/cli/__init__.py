@@ -63,6 +63,10 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    if log_level.upper() == "INFO":
+        # papermill logs every notebook's paths twice (inspect, then execute); the runner's own
+        # "[N] phase ..." lines say the same once. Its warnings and errors still show.
+        logging.getLogger("papermill").setLevel(logging.WARNING)
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
 
