@@ -1,17 +1,21 @@
 """The phase notebooks: their shape (one typed, commented parameters cell; no logic; no paths), and a
 real run of phases 1-7 (then 0) through papermill on the sample data, with the report rendered.
 
-The run is what `make demo` does, with the notebooks' default parameters: it ingests data/logs (44 real
-files, about 14,000 rows), trains on data/labelled, and stays under ~2 minutes on two cores.
+The run is `make demo` itself: ``watchtower demo`` in a fresh folder ingests data/logs (44 real files,
+13,898 rows), runs phases 1-7 with the notebooks' default parameters (training on data/labelled) and
+renders the HTML and PDF report; every pipeline test reads that one run, so the seven phases run once
+(about a minute on two cores).
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -21,6 +25,7 @@ import pytest
 from conftest import require
 from test_render import _read_pgm
 from watchtower_lib import config, render, runner, store
+from watchtower_lib import report as wt_report
 from watchtower_lib.zeek import read_log
 from watchtower_lib.alert_store import AlertStore
 from watchtower_lib.errors import ConfigError, PhaseError
@@ -197,14 +202,49 @@ def test_phase_2_helpers_ingest_per_sensor_and_total(tmp_path):
 
 
 # ------------------------------------------------------------------ the real thing
+SAMPLE_ROWS = 13898  # rows of data/logs, from the table in data/README.md (tests/test_cli.py checks it)
+
+
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    home = tmp_path_factory.mktemp("pipeline")
+def demo(tmp_path_factory):
+    """``watchtower demo`` as an analyst runs it (the entry point, in a subprocess) in a fresh folder.
+
+    Returns the settings it used, its one run record, and what it printed.
+    """
+    home = tmp_path_factory.mktemp("demo")
     cfg = home / "watchtower.yml"
-    cfg.write_text(f"data_dir: {ROOT / 'data'}\n", encoding="utf-8")
+    cfg.write_text(f"data_dir: {ROOT / 'data'}\n", encoding="utf-8")  # store, models, runs, reports: in home
+    entry = "import sys; from watchtower_lib.cli import main; main(sys.argv[1:])"  # = the `watchtower` script
+    done = subprocess.run([sys.executable, "-c", entry, "--config", str(cfg), "demo"], cwd=home,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     settings = config.load(cfg, env={})
-    record = runner.run_phases(settings, "1-7")
+    (record,) = runner.list_runs(settings.runs_dir)
+    return settings, record, done
+
+
+@pytest.fixture(scope="module")
+def pipeline(demo):
+    settings, record, _ = demo
     return settings, record
+
+
+def test_demo_runs_phases_1_to_7_and_prints_the_report(demo):
+    settings, record, done = demo
+    assert f"ingested 44 file(s) ({SAMPLE_ROWS:,} rows), 0 already in the store" in done.stdout
+    assert [p.number for p in record.phases] == list(range(1, 8)) and record.ok
+    for number, name in list(runner.PHASES.items())[1:]:
+        assert f"[{number}] {name} ...\n" in done.stderr and f"[{number}] {name} done in " in done.stderr
+    assert "00_explore" not in done.stderr and "FAILED" not in done.stderr
+    assert f"run {record.run_id} ok: {record.run_dir / 'run.json'}" in done.stdout
+    assert "period 2022-W39: 2022-09-26T00:00:00+00:00 .. 2022-10-03T00:00:00+00:00" in done.stdout
+    printed = [Path(line[len("report: "):]) for line in done.stdout.splitlines() if line.startswith("report: ")]
+    where = render.report_dir(settings.reports_dir, "2022-W39")
+    assert printed[0] == where / "weekly-report.html" and printed[0].stat().st_size > 3_000_000
+    assert "plotly-graph-div" in printed[0].read_text(encoding="utf-8")
+    require("CHROMIUM", bool(shutil.which("chromium") or shutil.which("chromium-browser")), "to print the PDF")
+    assert printed == [where / "weekly-report.html", where / "weekly-report.pdf"]
+    assert printed[1].read_bytes().startswith(b"%PDF")
 
 
 def test_pipeline_runs_all_seven_phases_on_real_data(pipeline):
@@ -214,12 +254,11 @@ def test_pipeline_runs_all_seven_phases_on_real_data(pipeline):
     figures = runner.read_phases(record.run_dir)
     assert list(figures) == list(runner.PHASES.values())[1:]
     assert figures["01_collect"]["sensors"] == 0 and figures["01_collect"]["files"] == 0
-    parse = figures["02_parse"]
+    parse = figures["02_parse"]  # the demo ingested the sample just before: phase 2 finds it all stored
     files = sorted(p for p in SAMPLE.rglob("*") if p.is_file())
-    assert parse["files_ingested"] == len(files) == 44 and parse["unreadable_files"] == 0
-    assert parse["rows"] == parse["store_rows"] == sum(len(read_log(f)) for f in files)
-    stratosphere_conn = 4504 + 361 + 992 + 18  # nmap, Android RAT, Simda, honeypot (data/README.md)
-    assert parse["rows_by_log_type"]["conn"] > stratosphere_conn
+    assert parse["files_ingested"] == 0 and parse["files_skipped"] == len(files) == 44
+    assert parse["rows"] == 0 and parse["unreadable_files"] == 0
+    assert parse["store_rows"] == sum(len(read_log(f)) for f in files) == SAMPLE_ROWS
     assert figures["03_features"]["connections"] == 4504 and figures["03_features"]["n_features"] > 20
     supervised = figures["04_supervised"]
     assert (settings.models_dir / "supervised" / supervised["model_version"] / "card.json").is_file()
@@ -232,9 +271,20 @@ def test_pipeline_runs_all_seven_phases_on_real_data(pipeline):
                                        "unsupervised": unsupervised["model_version"]}
     stored = AlertStore(settings.alerts_db).alerts(record.period["start"], record.period["end"])
     assert len(stored) == detect["alerts"]
+    assert "'not configured'" in _outputs(record.notebook(6))  # no Elasticsearch: detected.es_status()
+    assert "no notification channel configured" in _outputs(record.notebook(6))
     report = figures["07_weekly_report"]
     assert report["alerts"] == detect["alerts"] and report["figures"]["connections"] == 4504
     assert report["figures_before"]["connections"] == 0  # nothing in the store the week before
+    week = AlertStore(settings.alerts_db).incidents(start=record.period["start"], end=record.period["end"])
+    assert report["incidents"] == report["figures"]["incidents"] == len(week) > 0
+    this_run = wt_report.phase_table(figures).set_index("phase")
+    assert this_run.index.tolist() == list(figures) and (this_run["seconds"] > 0).all()
+    assert this_run.loc["06_detect", "alerts"] == detect["alerts"] and this_run.loc["03_features", "rows"] == 4504
+    first = wt_report.latest_retraining(settings.models_dir)
+    assert first.version == unsupervised["model_version"] and first.previous is None
+    assert unsupervised["previous_version"] is None and unsupervised["largest_shift"] is None
+    assert f"{first.version} is the first version" in _outputs(record.notebook(7))
     assert all(f["seconds"] > 0 for f in figures.values())
     saved = json.loads((record.run_dir / "run.json").read_text())
     assert saved["status"] == "ok" and saved["parameters"]["source_config"] == str(settings.config_path)
@@ -245,10 +295,12 @@ def test_report_renders_from_the_run(pipeline, tmp_path):
     require("POPPLER", shutil.which("pdftotext") is not None and shutil.which("pdftoppm") is not None,
             "to read the PDF")
     settings, record = pipeline
-    files = render.render_report(record.notebook(7), render.report_dir(settings.reports_dir, "2022-W39"))
+    where = render.report_dir(settings.reports_dir, "2022-W39")  # what the demo rendered (`watchtower run`)
+    files = render.ReportFiles(where / "weekly-report.html", where / "weekly-report.pdf")
     html = files.html.read_text(encoding="utf-8")
     assert html.count('class="plotly-graph-div"') >= 7 and html.count("* plotly.js v") == 1
     assert "cdn.plot.ly/plotly" not in html and "wt.report" not in html
+    assert "<title>Watch Tower weekly report 2022-W39</title>" in html
     text = subprocess.run(["pdftotext", str(files.pdf), "-"], capture_output=True, text=True, check=True).stdout
     for heading in ("Watch Tower weekly report", "Period 2022-W39", "The week against the previous week",
                     "Alerts over time", "Top alerted hosts", "Known attack families", "Unknown anomalies",
@@ -304,6 +356,27 @@ def _page_pixels(pdf: Path, page: int, folder: Path) -> tuple[int, int, int, int
     rgb = rest[: width * height * 3]
     coloured = sum(1 for i in range(0, len(rgb), 3) if max(rgb[i:i + 3]) - min(rgb[i:i + 3]) > 60)
     return width, height, coloured, sum(1 for value in grey if value < 200)
+
+
+def _outputs(notebook: Path) -> str:
+    """Every output of an executed notebook, as text (what the analyst sees in it)."""
+    return json.dumps([o for c in nbformat.read(notebook, 4).cells for o in c.get("outputs", [])])
+
+
+def test_phase_2_ingests_the_sample_into_an_empty_store(pipeline, tmp_path):
+    settings, _ = pipeline
+    fresh = dataclasses.replace(settings, store_dir=tmp_path / "store", runs_dir=tmp_path / "runs")
+    record = runner.run_phases(fresh, "2")
+    parse = runner.read_phase(record.run_dir, "02_parse")
+    files = sorted(p for p in SAMPLE.rglob("*") if p.is_file())
+    assert parse["files_ingested"] == len(files) == 44 and parse["unreadable_files"] == 0
+    assert parse["rows"] == parse["store_rows"] == sum(len(read_log(f)) for f in files) == SAMPLE_ROWS
+    stratosphere_conn = 4504 + 361 + 992 + 18  # nmap, Android RAT, Simda, honeypot (data/README.md)
+    stored = store.summary(fresh.store_dir).set_index("log_type")["rows"]
+    assert parse["rows_by_log_type"] == stored.to_dict() and parse["rows_by_log_type"]["conn"] > stratosphere_conn
+    assert parse["es_ok"] and parse["es_indexed"] == {} and parse["es_rows_pending"] == 0
+    shown = _outputs(record.notebook(2))
+    assert "files ingested" in shown and f"{stored['conn']}" in shown  # the per-sensor and per-log-type tables
 
 
 def test_later_runs_reuse_the_store(pipeline):
