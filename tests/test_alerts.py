@@ -334,6 +334,20 @@ def test_cli_detect_catches_up_on_elasticsearch(deployment, found, monkeypatch):
         client.cluster.delete_component_template(name=f"{prefix}-ecs-base")
 
 
+def test_detection_run_shows_its_steps_when_asked(deployment, capsys):
+    """progress=True draws a bar of the named steps on stderr (the CLI asks when stderr is a terminal);
+    the default, for notebooks and scheduled runs, draws nothing."""
+    from watchtower_lib import detection
+    from watchtower_lib.config import load
+
+    settings = load(_config(deployment))
+    detection.run(settings, progress=True)
+    err = capsys.readouterr().err
+    assert "detect" in err and "scoring 4,504 connections" in err and "grouping incidents" in err
+    detection.run(settings)
+    assert capsys.readouterr().err == ""
+
+
 def test_cli_detect_without_models_fails_clearly(tmp_path, shared_data, monkeypatch):
     from click.testing import CliRunner
 

@@ -365,6 +365,12 @@ def test_cli_train_needs_a_mode():
     assert result.exit_code == 2 and "--supervised" in result.output
 
 
+def test_cli_train_refuses_a_bad_end_date_clearly():
+    result = CliRunner().invoke(cli, ["train", "--unsupervised", "--end", "notadate"])
+    assert result.exit_code == 2  # a usage error, not a traceback
+    assert "'notadate' is not a date or time" in result.output and "--end" in result.output
+
+
 @pytest.mark.slow
 def test_cli_train_supervised_writes_a_version(tmp_path, shared_data, monkeypatch):
     monkeypatch.setenv("WATCHTOWER_MODELS_DIR", str(tmp_path / "models"))

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from ._progress import Steps
 from .config import Settings
 from .errors import IntegrationError, MissingDependencyError, ModelError
 
@@ -99,14 +100,15 @@ def latest_models(settings: Settings) -> dict[str, tuple[Any, dict[str, Any]] | 
     return found
 
 
-def run(settings: Settings, start: Any = None, end: Any = None, *, index: bool | None = None) -> DetectionRun:
+def run(settings: Settings, start: Any = None, end: Any = None, *, index: bool | None = None,
+        progress: bool | None = False) -> DetectionRun:
     """Score ``start <= ts < end`` of the store (None: all of it) and record what the models flag.
 
     Alerts go to the alert store (a rerun adds nothing), incidents are regrouped over every stored
     alert of the sources alerted now (so an incident spans runs), and, when Elasticsearch is
     configured (or ``index=True``), every alert it lacks is indexed. Elasticsearch being down is
     not an error here: the alerts stay pending in the alert store, ``es_error`` says so, and the
-    next run indexes them.
+    next run indexes them. ``progress``: a bar of the steps on stderr (None: when it is a terminal).
 
     Raises
     ------
@@ -116,26 +118,34 @@ def run(settings: Settings, start: Any = None, end: Any = None, *, index: bool |
     from . import alerts as alerts_mod
     from .alert_store import AlertStore
 
-    conn = scoring_frame(settings, start, end)
-    found = latest_models(settings)
-    if all(v is None for v in found.values()):
-        raise ModelError(f"no trained model under {settings.models_dir}: run phases 4 and 5 "
-                         f"(`watchtower train --supervised`, `watchtower train --unsupervised`) first")
-    versions = {kind: (v[1].get("version") if v else None) for kind, v in found.items()}
-    raised = alerts_mod.detect(conn, found["supervised"], found["unsupervised"],
-                               supervised_threshold=settings.detection.supervised_threshold)
-    db = AlertStore(settings.alerts_db)
-    fresh = _not_alerted_before(db, raised)
-    added = db.upsert_alerts(fresh)
-    incidents, created = alerts_mod.group_incidents(raised.iloc[:0]), 0
-    if len(raised):
-        stored = db.alerts()
-        stored = stored[stored["src_ip"].isin(set(raised["src_ip"].dropna()))]
-        incidents = alerts_mod.group_incidents(stored, settings.detection.incident_window_minutes)
-        created = db.upsert_incidents(incidents)
-    result = DetectionRun(len(conn), versions, raised, added, len(raised) - len(fresh), incidents, created)
-    if settings.elasticsearch.enabled if index is None else index:
-        result.es, result.es_error = index_pending_alerts(db, settings)
+    indexing = settings.elasticsearch.enabled if index is None else index
+    with Steps(5 + bool(indexing), "detect", progress) as steps:
+        steps.start("loading models")
+        found = latest_models(settings)
+        if all(v is None for v in found.values()):
+            raise ModelError(f"no trained model under {settings.models_dir}: run phases 4 and 5 "
+                             f"(`watchtower train --supervised`, `watchtower train --unsupervised`) first")
+        versions = {kind: (v[1].get("version") if v else None) for kind, v in found.items()}
+        steps.start("reading conn (+ dns) from the store")
+        conn = scoring_frame(settings, start, end)
+        steps.start(f"scoring {len(conn):,} connections")
+        raised = alerts_mod.detect(conn, found["supervised"], found["unsupervised"],
+                                   supervised_threshold=settings.detection.supervised_threshold)
+        steps.start(f"storing {len(raised):,} alerts")
+        db = AlertStore(settings.alerts_db)
+        fresh = _not_alerted_before(db, raised)
+        added = db.upsert_alerts(fresh)
+        steps.start("grouping incidents")
+        incidents, created = alerts_mod.group_incidents(raised.iloc[:0]), 0
+        if len(raised):
+            stored = db.alerts()
+            stored = stored[stored["src_ip"].isin(set(raised["src_ip"].dropna()))]
+            incidents = alerts_mod.group_incidents(stored, settings.detection.incident_window_minutes)
+            created = db.upsert_incidents(incidents)
+        result = DetectionRun(len(conn), versions, raised, added, len(raised) - len(fresh), incidents, created)
+        if indexing:
+            steps.start("indexing alerts into Elasticsearch")
+            result.es, result.es_error = index_pending_alerts(db, settings)
     log.info("%s", result.summary())
     return result
 

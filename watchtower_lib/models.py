@@ -317,7 +317,7 @@ def read_captures(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
 
 
 def train_supervised(paths: Sequence[str | Path], *, models_dir: str | Path, random_state: int = 0,
-                     n_jobs: int | None = None, keep: int = 5) -> ModelVersion:
+                     n_jobs: int | None = None, keep: int = 5, progress: bool | None = False) -> ModelVersion:
     """Train the forest on labelled captures, version it and write its card.
 
     With two or more captures, the card's ``metrics`` come from
@@ -325,17 +325,23 @@ def train_supervised(paths: Sequence[str | Path], *, models_dir: str | Path, ran
     and ``threshold`` is the P(malicious) at which that pooled held-out
     benign traffic has a 1% false-positive rate. With one capture there is
     no honest estimate: metrics are empty and the threshold is 0.5.
+    ``progress``: a bar of the steps on stderr (None: when it is a terminal).
     """
     from ._model_eval import cross_capture
+    from ._progress import Steps
 
-    caps = read_captures(paths)
-    data = pd.concat(caps.values(), ignore_index=True)
-    metrics: dict[str, Any] = {}
-    threshold = 0.5
-    if len(caps) >= 2:
-        metrics, threshold = cross_capture(caps, random_state=random_state, n_jobs=n_jobs)
-    model = build_supervised(random_state, n_jobs=n_jobs)
-    model.fit(data, data["label"], forest__detail=data.get("detail"))
+    with Steps(3, "train", progress) as steps:
+        steps.start(f"reading {len(paths)} labelled capture(s)")
+        caps = read_captures(paths)
+        data = pd.concat(caps.values(), ignore_index=True)
+        metrics: dict[str, Any] = {}
+        threshold = 0.5
+        steps.start(f"leaving each of {len(caps)} captures out in turn")
+        if len(caps) >= 2:
+            metrics, threshold = cross_capture(caps, random_state=random_state, n_jobs=n_jobs)
+        steps.start(f"fitting the forest on {len(data):,} rows")
+        model = build_supervised(random_state, n_jobs=n_jobs)
+        model.fit(data, data["label"], forest__detail=data.get("detail"))
     version, vdir = new_version(models_dir, "supervised")
     labelled = training_rows(data)
     card = {

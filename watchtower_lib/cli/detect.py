@@ -40,7 +40,7 @@ def detect(ctx: click.Context, start: str | None, end: str | None, send: bool | 
     from ..notify import configured, notify_open
 
     settings = settings_from(ctx)
-    result = run(settings, start, end)
+    result = run(settings, start, end, progress=None)
     click.echo(f"{result.summary()}  -> {settings.alerts_db}")
     if send and not configured(settings.notifications):
         click.echo("warning: --notify given but no notification channel is configured", err=True)

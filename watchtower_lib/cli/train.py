@@ -52,13 +52,17 @@ def train(ctx: click.Context, mode: str | None, end: str | None, window_days: in
     if mode == "supervised":
         files = models.training_files(settings.data_dir, paths)
         trained = models.train_supervised(files, models_dir=settings.models_dir, random_state=seed,
-                                          keep=det.keep_models)
+                                          keep=det.keep_models, progress=None)
     else:
         if paths:
             raise click.UsageError("--unsupervised learns from the store; it takes no PATHS")
         import pandas as pd
 
-        stamp = pd.Timestamp(end) if end else pd.Timestamp.now(tz="UTC")
+        try:
+            stamp = pd.Timestamp(end) if end else pd.Timestamp.now(tz="UTC")
+        except ValueError:
+            raise click.BadParameter(f"{end!r} is not a date or time; give e.g. 2026-01-12 or "
+                                     f"2026-01-12T06:00Z", param_hint="--end") from None
         trained = models.retrain_unsupervised(
             settings.store_dir, stamp, window_days or det.window_days, models_dir=settings.models_dir,
             alerts_db=settings.alerts_db, target_alert_rate=det.target_alert_rate, keep=det.keep_models,
