@@ -222,7 +222,11 @@ def _ingest_file(path: Path, store: Path, manifest: Manifest, sensor: str, error
     digest, prefixes = _sha256(path, [s.size for s in earlier if s.size is not None and s.size <= before[0]])
     if manifest.has(digest):
         report.files_skipped += 1
-        log.info("%s: already in the store (same content as %s)", path, manifest.source_of(digest))
+        same = manifest.source_of(digest)
+        if same in (source, str(path)):  # the usual re-run: say it once in the summary, not per file
+            log.debug("%s: already in the store", path)
+        else:
+            log.info("%s: already in the store (same content as %s)", path, same)
         return
     log_type = safe_log_type(_log_type(path), path)
     old_parts = manifest.part_relpaths(s.sha256 for s in earlier)
@@ -231,7 +235,7 @@ def _ingest_file(path: Path, store: Path, manifest: Manifest, sensor: str, error
         for batch in zeek.iter_batches(path, errors=errors):
             writer.write(batch)
             if bar is not None:
-                bar.set_postfix_str(f"{report.rows + writer.rows:,} rows ({path.name})", refresh=False)
+                bar.set_postfix_str(f"{report.rows + writer.rows:,} rows ({path.name})")  # moves within a big file
         parts = writer.finish()  # closed, fsynced and renamed
         schema = writer.schema
         if schema is None:  # header-only file: keep its columns so load() can return them
