@@ -116,3 +116,18 @@ def test_importing_the_package_does_no_work():
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_readme_example_is_a_valid_config(tmp_path):
+    """The YAML block users copy from README.md loads, with the sensors and schedule it shows."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", readme, re.S)
+    assert block is not None
+    settings = config.load(write(tmp_path, block.group(1)), env={})
+    assert [(s.name, s.kind) for s in settings.sensors] == [("edge-01", "ssh"), ("dmz-02", "ssh"),
+                                                            ("this-box", "local")]
+    assert settings.sensor("dmz-02").password_env == "WATCHTOWER_DMZ_PASSWORD"
+    assert settings.elasticsearch.enabled
+    assert [job.name for job in settings.schedule] == ["collect", "train", "detect", "report"]
