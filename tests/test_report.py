@@ -322,3 +322,25 @@ def test_phase_table_lists_each_recorded_phase(tmp_path):
     assert table["phase"].tolist() == ["02_parse", "06_detect"] and table["rows"].tolist() == [13898, 4504]
     assert table.loc[1, "model version"] == {"supervised": "v1"} and pd.isna(table.loc[0, "alerts"])
     assert report.phase_table({}).empty and len(report.phase_table({}).columns) == 5
+
+
+def test_baseline_drift_names_the_behaviour_the_model_has_not_seen(tmp_path, shared_data):
+    """An anomaly model trained on capture 011's benign traffic: that traffic is exactly like its
+    training data (0 everywhere); an nmap scan is unlike it above all in the ports per pair and per
+    host; with no model saved, the table is empty."""
+    from watchtower_lib import models, zeek
+
+    assert report.baseline_drift(tmp_path / "none", pd.DataFrame({"ts": []})).empty
+    c011 = read_labelled(shared_data / NORMAL43)
+    benign = c011[c011["label"] == "benign"]
+    version, folder = models.new_version(tmp_path / "models", "unsupervised")
+    models.save(models.build_unsupervised(0).fit(benign), folder, {"kind": "unsupervised", "version": version})
+    itself = report.baseline_drift(tmp_path / "models", benign, n=200)
+    assert len(itself) == len(models.feature_names(models.load(folder))) and itself["unlike_training"].max() == 0
+    scan = zeek.read_log(shared_data / "scenarios/stratosphere-sdt/002-nmap-port-scanning/conn.log")
+    drift = report.baseline_drift(tmp_path / "models", scan, n=5)
+    assert drift["model"].unique().tolist() == [f"unsupervised {version}"]
+    assert drift["feature"].iloc[0] == "pair_ports_log" and drift["unlike_training"].iloc[0] > 0.95
+    assert {"src_ports_3600s", "src_ports_60s"} <= set(drift["feature"])
+    top = drift.iloc[0]
+    assert top["median_period"] > top["q75_training"]  # the scan's median lies above the training's middle half

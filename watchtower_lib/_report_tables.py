@@ -245,6 +245,31 @@ def latest_retraining(models_dir: str | Path, kind: str = "unsupervised") -> Ret
     return retraining_change(found[-1] if found else None, found[:-1])
 
 
+BASELINE_DRIFT_COLUMNS = ["model", "feature", "median_training", "q25_training", "q75_training", "median_period",
+                          "unlike_training"]
+
+
+def baseline_drift(models_dir: str | Path, conn: pd.DataFrame, n: int = 10,
+                   kinds: Sequence[str] = ("unsupervised", "supervised")) -> pd.DataFrame:
+    """The ``n`` features of each newest model on which this period's connections are most unlike its
+    training data (``_model_drift.period_drift``: the share outside the training's middle half beyond
+    what the training data has there): the behaviour the models have not seen. Empty when no model
+    is trained or the period has no connections."""
+    from ._model_drift import period_drift
+    from ._model_store import load, versions
+
+    parts = []
+    for kind in kinds:
+        found = versions(models_dir, kind)
+        if not found or conn.empty:
+            continue
+        drift = period_drift(load(found[-1].path), found[-1].card, conn).head(n)
+        parts.append(drift.assign(model=f"{kind} {found[-1].version}"))
+    if not parts:
+        return pd.DataFrame(columns=BASELINE_DRIFT_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[BASELINE_DRIFT_COLUMNS]
+
+
 def hosts_changed(comparison: Any) -> int:
     """How many hosts' behaviour changed at all (change score above zero) in a ``BehaviourComparison``."""
     return 0 if comparison is None else int((comparison.hosts["change_score"] > 0).sum())

@@ -103,7 +103,8 @@ class FeatureBaseline(TransformerMixin, BaseEstimator):
     """Numeric pass-through that remembers the training baseline.
 
     ``fit`` records each feature's median (``medians_``) and quartiles
-    (``q25_``, ``q75_``) over the training rows: explanations compare an
+    (``q25_``, ``q75_``) over the training rows, and the share of them outside
+    the quartiles (``outside_``): explanations compare an
     alert's value with the median, and model cards compare versions by
     them. ``transform`` replaces NaN and infinities by 0 so that the
     Isolation Forest never sees a non-finite value; finite values pass
@@ -122,6 +123,9 @@ class FeatureBaseline(TransformerMixin, BaseEstimator):
                 q = np.nanquantile(arr, [0.25, 0.5, 0.75], axis=0) if len(arr) else np.zeros((3, arr.shape[1]))
         q = np.nan_to_num(q)
         self.q25_, self.medians_, self.q75_ = q[0], q[1], q[2]
+        # share of training rows outside [q25, q75]: what "like the training data" means per feature
+        # when a later period is compared with it (``_model_drift``); 0 for a constant feature
+        self.outside_ = ((arr < self.q25_) | (arr > self.q75_)).mean(axis=0) if len(arr) else np.zeros(arr.shape[1])
         return self
 
     def transform(self, X: object) -> np.ndarray:

@@ -30,6 +30,7 @@ from ._report_tables import (
     SEVERITY_ORDER,
     RetrainingChange,
     attack_families,
+    baseline_drift,
     behaviour_changes,
     constant_columns,
     hosts_changed,
@@ -57,7 +58,7 @@ __all__ = [
     "unknown_anomalies", "behaviour_changes", "behaviour_figure", "hour_profile_figure",
     "drift_figure", "model_health", "PeriodData", "period_data", "phase_table", "latest_cards",
     "RetrainingChange", "retraining_change", "latest_retraining", "hosts_changed", "constant_columns",
-    "correlation_figure",
+    "correlation_figure", "baseline_drift",
 ]
 
 WIDTH = 720  # px: A4 portrait (794 px at 96 dpi) minus ~10 mm margins each side
