@@ -296,6 +296,37 @@ def test_type_conflict_names_both_files(shared_data: Path, tmp_path: Path) -> No
     assert str(real) in message and str(altered) in message
 
 
+def test_json_column_that_widens_after_the_first_batch_loads(shared_data: Path, tmp_path: Path) -> None:
+    """Derived from real rows: WRCCDC weird JSON repeated to 72,606 rows (ingest reads 65,536-row batches)
+    with two fields the schema does not know: null in the whole first batch and then the row's real
+    id.orig_p, and the real id.resp_p (an int) in the first batch and then the real ts as a float.
+    The second batch's parts have other types (int64, double) than the first's (null, int64);
+    a load must widen them, giving what read_log gives."""
+    import gzip
+    import json
+
+    lines = gzip.decompress((shared_data / "multi/wrccdc-2018/zeek-json/weird.json.gz").read_bytes()).splitlines()
+    rows = [json.loads(line) for line in lines * 3]
+    assert len(rows) == 72_606
+    for i, row in enumerate(rows):
+        first = i < 65_536
+        row["wt_late"] = None if first else row.get("id.orig_p")
+        row["wt_widens"] = row.get("id.resp_p") if first else pd.Timestamp(row["ts"]).timestamp()
+    path = tmp_path / "weird.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    target = tmp_path / "store"
+    report = store.ingest([path], target)
+    assert report.rows == 72_606 and report.files_written >= 2
+    df = store.load(target, "weird")
+    expected = zeek.read_log(path).sort_values("ts", kind="stable").reset_index(drop=True)
+    assert str(df["wt_late"].dtype) == "Int64" and str(df["wt_widens"].dtype) == "Float64"
+    pd.testing.assert_frame_equal(df.drop(columns="_sensor"), expected)
+    # by eye: line 1 has id.resp_p 80 (first batch); the last line (late) has id.orig_p 56593 and
+    # ts 2018-03-24T17:36:21.262091Z; 1 of the 24,202 lines has no id.orig_p
+    assert df["wt_late"].notna().sum() == 72_606 - 65_536 - 1 and df["wt_late"].iloc[-1] == 56593
+    assert 80.0 in set(df["wt_widens"]) and df["wt_widens"].iloc[-1] == 1521912981.262091
+
+
 def test_unset_ts_goes_to_date_unknown(shared_data: Path, tmp_path: Path) -> None:
     path = shared_data / "edge/zeek-baseline-canonified/json-null-field.json.log"
     target = tmp_path / "store"

@@ -10,8 +10,10 @@ import gzip
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -207,3 +209,37 @@ def test_values_round_trip(tmp_path: Path, rows: list[dict], sep: str, crlf: boo
         if k == "d":
             want = [None if w is None else float(w) for w in want]
         assert got == want, k
+
+
+# ------------------------------------------------------- JSON batching does not change values
+EXTRA_VALUES = st.none() | st.booleans() | st.integers(min_value=-(2**64), max_value=2**64) | st.floats() \
+    | st.sampled_from(["text", "2018-03-24T17:15:20.865716Z", ""]) \
+    | st.lists(st.none() | st.integers(min_value=-5, max_value=5) | st.floats(width=32) | st.just("a"), max_size=3)
+
+
+def _outcome(read: Any) -> tuple[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", zeek.ZeekDataWarning)
+        try:
+            table = read()
+        except ZeekParseError as exc:
+            return "error", (exc.line, exc.field, exc.value, exc.expected)
+    return "rows", (table.schema.remove_metadata(), table.to_pylist())
+
+
+@SETTINGS
+@given(extra=st.lists(EXTRA_VALUES, min_size=1, max_size=9), errors=st.sampled_from(["raise", "skip"]))
+def test_json_batching_does_not_change_inferred_values(shared_data: Path, tmp_path: Path, extra: list,
+                                                       errors: str) -> None:
+    """Real zat dns JSON rows with one extra field of random values: read_arrow and the concatenated
+    iter_batches (1 and 3 rows a batch) give the same table, or the same error (line, field, value)."""
+    lines = (shared_data / "multi/zat-samples/json/dns.log").read_text().splitlines()[: len(extra)]
+    rows = [dict(json.loads(line), wt_extra=value) for line, value in zip(lines, extra)]
+    path = tmp_path / "dns.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    whole = _outcome(lambda: zeek.read_arrow(path, errors=errors))
+    for batch_rows in (1, 3):
+        def joined(n: int = batch_rows) -> pa.Table:
+            tables = [pa.Table.from_batches([b]) for b in zeek.iter_batches(path, batch_rows=n, errors=errors)]
+            return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+        assert _outcome(joined) == whole, batch_rows

@@ -113,11 +113,38 @@ def _wide(t: pa.DataType) -> pa.DataType:
     return t
 
 
+_WIDENS_TO_DOUBLE = (pa.int64(), pa.uint64(), pa.float64())
+
+
+def _merge(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """The type that holds both, or None for a real clash.
+
+    Null yields (also inside lists: ``list<null>`` from a JSON column of empty lists);
+    int64/uint64 next to float64 is float64, because the JSON reader widens an
+    inferred integer column to double mid-file, so one source can give parts of
+    both (reading a part whose integers a double cannot hold exactly fails
+    loudly in pyarrow's safe cast, it is not rounded).
+    """
+    if pa.types.is_null(a):
+        return b
+    if pa.types.is_null(b) or a.equals(b):
+        return a
+    if _wide(a).equals(_wide(b)):
+        return _wide(a)
+    if (pa.types.is_list(a) or pa.types.is_large_list(a)) and (pa.types.is_list(b) or pa.types.is_large_list(b)):
+        inner = _merge(a.value_type, b.value_type)
+        return None if inner is None else pa.list_(inner)
+    if a in _WIDENS_TO_DOUBLE and b in _WIDENS_TO_DOUBLE and pa.float64() in (a, b):
+        return pa.float64()
+    return None
+
+
 def unify_schemas(items: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
     """Union of columns in first-seen order; a null-typed column yields to a typed one.
 
     Text columns written as ``string`` by one reader version and ``large_string``
-    by another are the same column; they are read as ``large_string``.
+    by another are the same column; they are read as ``large_string``. An integer
+    column next to a double one is read as double (see :func:`_merge`).
 
     Raises
     ------
@@ -130,14 +157,17 @@ def unify_schemas(items: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
             seen = fields.get(f.name)
             if seen is None or pa.types.is_null(seen[0].type):
                 fields[f.name] = (f, where)
-            elif pa.types.is_null(f.type) or seen[0].type.equals(f.type):
                 continue
-            elif _wide(seen[0].type).equals(_wide(f.type)):
-                fields[f.name] = (seen[0].with_type(_wide(f.type)), seen[1])
-            else:
+            merged = _merge(seen[0].type, f.type)
+            if merged is None:
                 raise StoreError(
                     f"column {f.name!r} is {seen[0].type} in {seen[1]} but {f.type} in {where}; "
                     f"the files disagree on its Zeek type (re-ingest one of them into another store)")
+            if not merged.equals(seen[0].type):
+                widened = seen[0].with_type(merged)
+                if not _wide(seen[0].type).equals(_wide(f.type)):  # a new Zeek type: let it follow the Arrow type
+                    widened = widened.remove_metadata()
+                fields[f.name] = (widened, seen[1])
     return pa.schema([f for f, _ in fields.values()])
 
 
