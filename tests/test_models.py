@@ -16,7 +16,7 @@ import skops.io as sio
 from click.testing import CliRunner
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from watchtower_lib import _model_eval, models, store
+from watchtower_lib import _model_eval, _model_store, models, store
 from watchtower_lib.cli import cli
 from watchtower_lib.errors import ModelError
 
@@ -282,6 +282,82 @@ def test_missing_model_or_card(tmp_path):
     with pytest.raises(ModelError, match="no model file"):
         models.load(tmp_path)
     assert models.latest(tmp_path, "supervised") is None
+
+
+def test_a_truncated_card_skips_that_version_with_a_warning(tmp_path, forest):
+    """A crash of the old card write left half a card.json: the other versions still list and load."""
+    root = tmp_path / "models" / "supervised"
+    models.save(forest, root / "20260101T000000Z", {"version": "20260101T000000Z", "threshold": 0.7})
+    for name in ("20260102T000000Z", "20260103T000000Z"):
+        shutil.copytree(root / "20260101T000000Z", root / name)
+    damaged = root / "20260103T000000Z"  # the newest
+    text = (damaged / "card.json").read_text()
+    (damaged / "card.json").write_text(text[: len(text) // 2])
+    with pytest.warns(_model_store.ModelStoreWarning) as caught:
+        found = models.versions(tmp_path / "models", "supervised")
+    assert [v.version for v in found] == ["20260101T000000Z", "20260102T000000Z"]
+    (message,) = [str(w.message) for w in caught]
+    assert f"skipped model version {damaged}:" in message and "not valid JSON" in message
+    assert f"rm -r '{damaged}'" in message and "watchtower train" in message
+    with pytest.warns(_model_store.ModelStoreWarning):
+        newest = models.latest(tmp_path / "models", "supervised")
+    assert newest == root / "20260102T000000Z"
+    assert models.load(newest)[-1].n_features_in_ == 103
+
+
+_KILLED_SAVE = """
+import os, signal, sys
+from pathlib import Path
+from watchtower_lib import models
+where, source, target = sys.argv[1:4]
+model, card = models.load(source), models.read_card(source)
+if where == "card":  # half the card's text reaches the disk, then the power goes
+    real_write = Path.write_text
+    def dying_write(self, data, *args, **kwargs):
+        if self.name.startswith(("card.json", ".card.json")):
+            real_write(self, data[: len(data) // 2], *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_write(self, data, *args, **kwargs)
+    Path.write_text = dying_write
+else:  # everything written, killed at the rename that publishes the version
+    real_replace = os.replace
+    def dying_replace(src, dst, *args, **kwargs):
+        if Path(dst).name == Path(target).name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst, *args, **kwargs)
+    os.replace = dying_replace
+models.save(model, target, dict(card, version=Path(target).name))
+"""
+
+
+@pytest.mark.parametrize("where", ["card", "rename"])
+def test_a_save_killed_midway_leaves_no_version(tmp_path, forest, where):
+    """SIGKILL while writing the card or just before the version folder is renamed into place:
+    the version does not exist at all, the earlier one still serves, and saving again works."""
+    import signal
+    import subprocess
+    import sys
+    import warnings
+
+    root = tmp_path / "models" / "supervised"
+    first = root / "20260101T000000Z"
+    models.save(forest, first, {"version": first.name, "threshold": 0.7})
+    second = root / "20260102T000000Z"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, where, str(first), str(second)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not second.exists()
+    (left,) = [p for p in root.iterdir() if p.name.startswith(".")]  # the unfinished build, hidden
+    assert left.name.startswith(f".{second.name}.tmp-") and (left / "model.skops").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: the unfinished version is not a version
+        assert [v.path for v in models.versions(tmp_path / "models", "supervised")] == [first]
+        assert models.latest(tmp_path / "models", "supervised") == first
+    models.save(forest, second, {"version": second.name, "threshold": 0.6})
+    found = models.versions(tmp_path / "models", "supervised")
+    assert [(v.version, v.threshold) for v in found] == [(first.name, 0.7), (second.name, 0.6)]
+    assert sorted(p.name for p in second.iterdir()) == ["card.json", "model.skops"]
+    assert models.load(second)[-1].n_features_in_ == 103
 
 
 @pytest.mark.slow

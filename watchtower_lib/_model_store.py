@@ -4,14 +4,24 @@ Layout: ``models/<kind>/<version>/model.skops`` + ``card.json``, with
 ``version`` the UTC training time (``20261203T194500Z``). Loading checks the
 file's types against an explicit allow-list before anything is built, then
 checks that the features and the scikit-learn version still match the code.
+
+Why saving builds a version under a hidden temporary name and renames the
+folder: every detection run reads the newest version, so a crash (or a full
+disk) mid-save must leave either the whole version or none of it, never a
+model without its card or a truncated card. Listing skips hidden folders, and
+a version whose card cannot be read is skipped with a warning instead of
+breaking every later run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import platform
 import shutil
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +51,10 @@ ALLOWED_TYPES = frozenset({
     "watchtower_lib.models.LabelForest",
     "sklearn.tree._tree.Tree",  # the fitted trees' arrays (skops does not trust it by default)
 })
+
+
+class ModelStoreWarning(UserWarning):
+    """A saved model version was skipped (its folder names it, and how to fix it)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,14 @@ def save(model: Any, path: str | Path, card: dict[str, Any]) -> Path:
     The card is completed with the feature list, baseline statistics and
     library versions when missing; its values must be JSON-serialisable.
 
+    A directory that does not exist yet (or is empty, as :func:`new_version`
+    leaves it) is built as ``.<name>.tmp-<pid>`` beside it, every file fsynced,
+    and renamed into place in one step. Into an existing non-empty directory or
+    to a ``.skops`` path, each file is replaced atomically (temp file, fsync,
+    rename), model first: a crash between the two leaves the old card, whose
+    SHA-256 then refuses the new model in :func:`load` (a clear error, never a
+    half-written file).
+
     Returns
     -------
     The model file written.
@@ -124,21 +146,63 @@ def save(model: Any, path: str | Path, card: dict[str, Any]) -> Path:
     import skops.io as sio
 
     p = Path(path)
-    model_file = p / MODEL_FILE if (p.suffix != ".skops") else p
-    model_file.parent.mkdir(parents=True, exist_ok=True)
     full = dict(card)
     full.setdefault("features", feature_names(model))
     full.setdefault("feature_stats", feature_stats(model))
     full.setdefault("versions", library_versions())
     full.setdefault("saved_at", datetime.now(UTC).isoformat(timespec="seconds"))
     _drop_frame_caches(model)
-    tmp = model_file.with_suffix(".skops.tmp")
-    sio.dump(model, tmp)
-    tmp.replace(model_file)
-    full["model_sha256"] = sha256_file(model_file)
-    model_file.with_name(CARD_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+
+    def write_card(target: Path, model_file: Path) -> None:
+        full["model_sha256"] = sha256_file(model_file)
+        text = json.dumps(full, indent=2, sort_keys=True, default=str)
+        _write_atomic(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    if p.suffix == ".skops" or (p.is_dir() and any(p.iterdir())):
+        model_file = p if p.suffix == ".skops" else p / MODEL_FILE
+        model_file.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(model_file, lambda tmp: sio.dump(model, tmp))
+        write_card(model_file.with_name(CARD_FILE), model_file)
+    else:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        building = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)  # left by a crash of this same pid number
+        building.mkdir()
+        try:
+            sio.dump(model, building / MODEL_FILE)
+            _fsync(building / MODEL_FILE)
+            write_card(building / CARD_FILE, building / MODEL_FILE)
+            _fsync(building)
+            os.replace(building, p)  # replaces an empty directory too
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        _fsync(p.parent)
+        model_file = p / MODEL_FILE
     log.info("saved %s (%d features)", model_file, len(full["features"]))
     return model_file
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(target: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)``, fsync, rename over ``target``: readers see the old file or the whole new one."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(target.parent)
 
 
 def _drop_frame_caches(model: Any) -> None:
@@ -162,9 +226,14 @@ def read_card(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{card_file}: model card missing; a model without its card cannot be checked. "
                          f"Retrain with `watchtower train`.")
     try:
-        return json.loads(card_file.read_text())
-    except json.JSONDecodeError as exc:
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{card_file}: model card is not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise ModelError(f"{card_file}: model card cannot be read ({exc})") from exc
+    if not isinstance(card, dict):
+        raise ModelError(f"{card_file}: model card is not a JSON object")
+    return card
 
 
 def load(path: str | Path) -> Any:
@@ -234,13 +303,27 @@ def new_version(models_dir: str | Path, kind: str) -> tuple[str, Path]:
 
 
 def versions(models_dir: str | Path, kind: str) -> list[ModelVersion]:
-    """Saved versions of ``kind``, oldest first (directories without a card are ignored)."""
+    """Saved versions of ``kind``, oldest first.
+
+    Directories without a card, and hidden ones (a save in progress or one a
+    crash interrupted), are ignored. A version whose card cannot be read is
+    skipped with a :class:`ModelStoreWarning` naming it, so that one damaged
+    folder does not stop every detection run; the newest readable version serves.
+    """
     root = Path(models_dir) / kind
     if not root.is_dir():
         return []
     found = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and (p / CARD_FILE).is_file()):
-        found.append(ModelVersion(kind, d.name, d, read_card(d)))
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                    and (p / CARD_FILE).is_file()):
+        try:
+            card = read_card(d)
+        except ModelError as exc:
+            warnings.warn(f"skipped model version {d}: {exc}. Delete that folder (rm -r '{d}') or retrain "
+                          f"(`watchtower train`); the other versions are used meanwhile", ModelStoreWarning,
+                          stacklevel=2)
+            continue
+        found.append(ModelVersion(kind, d.name, d, card))
     return found
 
 
