@@ -206,7 +206,8 @@ def two_days(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     return target, pd.concat(frames, ignore_index=True)
 
 
-def test_load_range_prunes_partitions(two_days: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+def test_load_range_prunes_partitions(two_days: tuple[Path, pd.DataFrame], shared_data: Path,
+                                      tmp_path: Path) -> None:
     source, both = two_days
     target = tmp_path / "store"
     shutil.copytree(source, target)
@@ -225,8 +226,84 @@ def test_load_range_prunes_partitions(two_days: tuple[Path, pd.DataFrame], tmp_p
     assert df["ts"].is_monotonic_increasing
     assert sorted(df["uid"]) == sorted(want["uid"])
     assert store.load(target, "conn", "2022-06-13 06:00:00", "2022-06-13 06:00:00").empty
-    with pytest.raises(Exception):  # noqa: B017 - a full load does open the damaged files
+    with pytest.raises(StoreError) as info:  # a full load does open the damaged files
         store.load(target, "conn")
+    first = min(set(all_files) - set(in_range))  # the manifest lists parts by path: date=2022-06-12 first
+    source = _source_of(first, shared_data)
+    message = str(info.value)
+    assert message.startswith(f"{first}: this Parquet part of the store is damaged (")
+    assert "Parquet magic bytes not found" in message  # pyarrow's own reason is kept
+    assert f"from {source}. To repair:" in message and f"ingest {source} --store {target} --sensor local" in message
+    assert f"DELETE FROM parts WHERE sha256 = '{first.name.split('-')[0]}'" in message
+
+
+def _source_of(part: Path, shared: Path) -> Path:
+    """Which of the two_days sources a part holds rows of (its name starts with the source's SHA-256)."""
+    by_sha = {_sha(p): p for p in (shared / CONN_008, shared / CONN_011)}
+    return by_sha[part.name.split("-")[0]]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "footer"])
+def test_damaged_part_is_named_and_the_repair_it_gives_works(two_days: tuple[Path, pd.DataFrame], shared_data: Path,
+                                                             tmp_path: Path, damage: str) -> None:
+    """Half a part (a disk that lost its tail) or garbage in its footer (pyarrow raises OSError then, not
+    ArrowInvalid): StoreError names the part; doing what it says brings every row back."""
+    import sqlite3
+
+    source_store, both = two_days
+    target = tmp_path / "store"
+    shutil.copytree(source_store, target)
+    part = store.files(target, "conn")[-1]
+    raw = part.read_bytes()
+    if damage == "truncated":
+        part.write_bytes(raw[: len(raw) // 2])
+    else:
+        footer = int.from_bytes(raw[-8:-4], "little")
+        part.write_bytes(raw[: -8 - footer + 10] + b"\xff" * 50 + raw[-8 - footer + 60:])
+    with pytest.raises(StoreError) as info:
+        store.load(target, "conn")
+    message = str(info.value)
+    assert message.startswith(f"{part}: this Parquet part of the store is damaged")
+    sql = re.search(r'sqlite3 (\S+) "([^"]+)"', message)
+    assert sql and sql.group(1) == str(target / "_manifest.sqlite")
+    with sqlite3.connect(sql.group(1)) as db:
+        db.executescript(sql.group(2))
+    db.close()
+    again = re.search(r"watchtower ingest (\S+) --store (\S+) --sensor (\S+)\)", message)
+    assert again and again.group(1) == str(_source_of(part, shared_data)) and again.group(2) == str(target)
+    report = store.ingest([again.group(1)], again.group(2), sensor=again.group(3))
+    assert report.files_ingested == 1
+    df = store.load(target, "conn")
+    assert len(df) == len(both) == 5663 + 9048
+    assert sorted(df["uid"]) == sorted(both["uid"])
+    assert _visible_parquet(target) == set(store.files(target, "conn"))  # the damaged file was replaced
+
+
+def test_parts_whose_integers_a_double_cannot_hold_fail_clearly(shared_data: Path, tmp_path: Path) -> None:
+    """Derived from real WRCCDC weird JSON rows: one file gives an extra field 2**53 + 1 (int64), another
+    a float (double). Each reads fine alone; loading both would round the integer, so it fails, naming it."""
+    import gzip
+    import json
+
+    lines = gzip.decompress((shared_data / "multi/wrccdc-2018/zeek-json/weird.json.gz").read_bytes()).splitlines()
+    big, frac = tmp_path / "big" / "weird.json", tmp_path / "frac" / "weird.json"
+    for path, line, value in ((big, lines[0], 2**53 + 1), (frac, lines[1], 0.5)):
+        path.parent.mkdir()
+        path.write_text(json.dumps(dict(json.loads(line), wt_extra=value)) + "\n")
+    target = tmp_path / "store"
+    store.ingest([big, frac], target)
+    with pytest.raises(StoreError) as info:
+        store.load(target, "weird")
+    (part,) = [p for p in store.files(target, "weird") if _sha(big) in p.name]
+    assert str(info.value).startswith(f"{part}: its weird rows (from {big}) do not convert to the types")
+    assert "9007199254740993" in str(info.value)  # pyarrow's safe cast names the value it refused
+    assert store.load(target, "weird", columns=["uid"])["uid"].tolist() == ["CsPzgh4tp5lHBTnsrf", "CZRT6d24wYO0w7ZcM3"]
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_load_gives_the_readers_frame(two_days: tuple[Path, pd.DataFrame], shared_data: Path,

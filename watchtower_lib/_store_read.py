@@ -210,7 +210,8 @@ def load(
     ------
     StoreError
         Missing store, unknown log type or column (the message lists what exists),
-        or two files giving one column different types.
+        two files giving one column different types, or a damaged part file (the
+        message names it, its source, and how to repair it).
     """
     store = Path(store_dir)
     start_ts, end_ts = _timestamp(start, "start"), _timestamp(end, "end")
@@ -229,13 +230,51 @@ def load(
     if not parts:
         table = schema.empty_table().select(read)
     else:
-        dataset = ds.dataset([str(store / p.relpath) for p in parts], schema=schema, format="parquet")
-        table = dataset.to_table(columns=read, filter=_row_filter(schema, start_ts, end_ts, sensor))
+        expr = _row_filter(schema, start_ts, end_ts, sensor)
+        try:
+            dataset = ds.dataset([str(store / p.relpath) for p in parts], schema=schema, format="parquet")
+            table = dataset.to_table(columns=read, filter=expr)
+        except (pa.ArrowException, OSError) as exc:  # pyarrow's message may not even name the file
+            raise _unreadable(store, log_type, parts, schema, read, expr, exc) from exc
     if "ts" in read and pa.types.is_timestamp(schema.field("ts").type):
         table = table.sort_by([("ts", "ascending")])  # stable; unset ts last (Arrow's default)
     table = table.select(wanted)
     log.debug("loaded %d %s rows from %d files", table.num_rows, log_type, len(parts))
     return _to_pandas(table, log_type)
+
+
+def _unreadable(store: Path, log_type: str, parts: list[Part], schema: pa.Schema, read: list[str],
+                expr: ds.Expression | None, exc: Exception) -> StoreError:
+    """The error for a load that pyarrow refused: which part, why, and how to repair it.
+
+    Only on this failure path are the parts read one by one to find the culprit.
+    """
+    import pyarrow.parquet as pq
+
+    for part in parts:
+        path = store / part.relpath
+        try:
+            ds.dataset([str(path)], schema=schema, format="parquet").to_table(columns=read, filter=expr)
+            continue
+        except (pa.ArrowException, OSError) as part_exc:
+            problem = str(part_exc).strip()
+        try:
+            pq.read_table(path)
+        except (pa.ArrowException, OSError):
+            with _open(store) as manifest:
+                row = manifest._db.execute("SELECT sensor FROM sources WHERE sha256 = ?", (part.sha256,)).fetchone()
+            sensor = row[0] if row else "local"
+            return StoreError(
+                f"{path}: this Parquet part of the store is damaged ({problem}); it holds {part.rows} "
+                f"{log_type} rows from {part.source_path or 'a source the manifest no longer names'}. To repair: "
+                f"remove that source from the manifest (sqlite3 {store / MANIFEST_NAME} \"DELETE FROM parts "
+                f"WHERE sha256 = '{part.sha256}'; DELETE FROM sources WHERE sha256 = '{part.sha256}'\"), "
+                f"then ingest it again (watchtower ingest {part.source_path or 'SOURCE'} --store {store} "
+                f"--sensor {sensor}), which also deletes the damaged file")
+        return StoreError(f"{path}: its {log_type} rows (from {part.source_path}) do not convert to the types the "
+                          f"other parts give ({problem}); the files disagree on a column's Zeek type "
+                          f"(re-ingest one of them into another store)")
+    return StoreError(f"cannot load {log_type} from the store at {store} ({exc})")
 
 
 def _row_filter(schema: pa.Schema, start: pd.Timestamp | None, end: pd.Timestamp | None,
