@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -29,14 +30,44 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=300, env=env)
 
 
+def _with_subcommands(name: str) -> list[tuple[list[str], click.Command]]:
+    """The command and, for a group (alerts, es), each of its subcommands."""
+    ctx = click.Context(cli)
+    command = cli.get_command(ctx, name)
+    assert command is not None, name
+    found = [([name], command)]
+    if isinstance(command, click.Group):
+        found += [([name, sub], command.get_command(ctx, sub)) for sub in command.list_commands(ctx)]  # type: ignore
+    return found
+
+
 @pytest.mark.parametrize("name", sorted(_COMMANDS))
 def test_every_command_has_help(name: str) -> None:
-    result = CliRunner().invoke(cli, [name, "--help"])
-    assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"Usage: cli {name}") or f"Usage: watchtower {name}" in result.output
-    summary = result.output.split("\n\n")[1].strip()
-    assert len(summary) > 20, f"{name} --help has no description"
-    assert CliRunner().invoke(cli, [name, "-h"]).output == result.output
+    """``--help`` of every command and subcommand: a description, and every option listed in the
+    Options section under its flags with its own description (as rendered, not only declared)."""
+    for path, command in _with_subcommands(name):
+        shown = " ".join(path)
+        result = CliRunner().invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"Usage: cli {shown}") or f"Usage: watchtower {shown}" in result.output
+        summary = result.output.split("\n\n")[1].strip()
+        assert len(summary) > 20, f"{shown} --help has no description"
+        assert CliRunner().invoke(cli, [*path, "-h"]).output == result.output
+        section = result.output.split("\nOptions:\n", 1)[1].split("\nCommands:\n")[0]
+        flat = "".join(section.split())  # click wraps lines, also after a hyphen ("apt-" / "get")
+        assert re.search(r"^\s+-h, --help\s+Show this message and exit\.$", section, re.M), shown
+        options = [p for p in command.params if isinstance(p, click.Option) and not p.hidden]
+        for option in options:
+            flags = option.opts + option.secondary_opts
+            line = next((ln for ln in section.splitlines() if flags[0] in re.split(r"[\s,/=]+", ln.strip())), None)
+            assert line is not None and line.lstrip().startswith("-"), f"{shown}: {flags[0]} not listed"
+            assert all(flag in line for flag in flags), f"{shown}: {line!r} lacks one of {flags}"
+            described = " ".join((option.help or "").split())
+            assert len(described.split()) >= 3, f"{shown} {flags[0]}: no real description ({described!r})"
+            assert "".join(described.split()) in flat, f"{shown} {flags[0]}: its description is not shown"
+        if isinstance(command, click.Group):
+            for sub in command.list_commands(click.Context(command)):
+                assert re.search(rf"^\s+{re.escape(sub)}\s+\S", result.output, re.M), f"{shown}: {sub} not listed"
 
 
 def test_group_help_lists_every_command() -> None:

@@ -145,16 +145,28 @@ def test_label_forest_sklearn_checks(estimator, check):
     check(estimator)
 
 
+def _root_totals(model) -> set[float]:
+    """Each tree's root weight, rounded: with class_weight="balanced_subsample" every class of a
+    bootstrap sample weighs n / (2 * its count), so the root totals n, the rows the forest was fit on."""
+    return {round(float(tree.tree_.weighted_n_node_samples[0]), 6) for tree in model[-1].estimators_}
+
+
 def test_unknown_rows_are_context_not_targets(caps, names, forest):
+    """From the fitted forest, not from training_rows: IoT-23 34-1 (23,145 labelled rows) and 008
+    (5,663 rows, 60 of them Background, PROVENANCE.md) give 28,808 rows to fit, and the forest's
+    trees were grown on 28,748, the labelled ones. The same data with the Background rows labelled
+    benign (targets now) gives trees grown on 28,808: the check tells the two apart."""
     assert list(forest[-1].classes_) == [0, 1]
-    c008 = caps[names["c008"]]
-    assert len(models.training_rows(c008)) == len(c008) - 60  # 60 Background rows
-    n_train = len(models.training_rows(caps[names["iot"]])) + len(models.training_rows(c008))
-    assert forest[-1].estimators_[0].tree_.weighted_n_node_samples[0] > 0
+    iot, c008 = caps[names["iot"]], caps[names["c008"]]
+    assert (len(iot), len(c008), int((c008["label"] == "unknown").sum())) == (23145, 5663, 60)
+    assert _root_totals(forest) == {23145.0 + 5603}  # every tree's bootstrap sample, by weight
+    data = pd.concat([iot, c008], ignore_index=True)
+    as_targets = data.assign(label=data["label"].replace({"unknown": "benign"}))
+    targeted = models.build_supervised(0, n_estimators=3).fit(as_targets, as_targets["label"])
+    assert _root_totals(targeted) == {23145.0 + 5663}
     assert forest.named_steps["baseline"].n_features_in_ == 103
     proba = models.malicious_proba(forest, caps[names["c011"]])
     assert proba.shape == (9048,) and ((proba >= 0) & (proba <= 1)).all()
-    assert n_train == 23145 + 5603
 
 
 def test_forest_needs_both_classes(caps, names):
@@ -199,9 +211,20 @@ def test_explanations_name_the_features_that_pushed_the_score(caps, names, fores
             assert set(d) == {"feature", "value", "baseline_median", "effect"}
             assert d["baseline_median"] == pytest.approx(medians[d["feature"]])
             assert d["value"] == pytest.approx(float(feats[pos, names.index(d["feature"])]))
-    # the strongest push is real: putting that feature at its median lowers P(malicious) by `effect`
-    first = explained[0][0]
-    assert first["effect"] > 0
+    # each push is real: scikit-learn's own predict_proba of the row with that one feature put at its
+    # training median is lower than the row's by `effect` (recomputed here, not taken from explain)
+    perturbed, expected = [], []
+    for pos, items in zip(rows, explained):
+        for d in items:
+            row = feats[pos].copy()
+            row[names.index(d["feature"])] = medians[d["feature"]]
+            perturbed.append(row)
+            expected.append(d["effect"])
+    as_is = forest[-1].predict_proba(feats[rows])[:, 1]
+    at_median = forest[-1].predict_proba(np.stack(perturbed))[:, 1]
+    recomputed = np.repeat(as_is, 3) - at_median
+    np.testing.assert_allclose(recomputed, expected, rtol=0, atol=1e-9)
+    assert (as_is >= 0.9).all() and explained[0][0]["effect"] > 0.01  # the strongest push moves the score
 
 
 def test_anomaly_score_is_minus_score_samples_in_0_1(caps, names, iforest):
@@ -471,10 +494,16 @@ def test_cli_evaluate_reports_every_figure(tmp_path, shared_data):
     assert report["unsupervised"]["pooled"]["roc_auc"] >= 0.85
 
 
-def test_cli_evaluate_refuses_overlap(shared_data):
-    result = CliRunner().invoke(cli, ["evaluate", "--train", str(shared_data / C008),
-                                      "--test", str(shared_data / C008)])
-    assert result.exit_code != 0
+def test_cli_evaluate_refuses_overlap(shared_data, capsys):
+    """Through the entry point an analyst runs: one line saying which capture is in both, exit 2."""
+    from watchtower_lib.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--log-level", "ERROR", "evaluate", "--train", str(shared_data / C008), "--test", str(shared_data / C008)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("error: captures both in --train and --test: ['008-ctu-normal-40-day1']; "
+                   "evaluation must use captures the model never saw\n")
 
 
 @pytest.mark.slow
