@@ -22,7 +22,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from conftest import require
+from conftest import ES_URL, require
 from test_render import _read_pgm
 from watchtower_lib import config, render, runner, store
 from watchtower_lib import report as wt_report
@@ -405,3 +405,50 @@ def test_a_failing_real_phase_names_notebook_and_cell(pipeline, tmp_path):
         runner.run_phases(settings, "4", parameters={"labelled_paths": [str(not_labelled)]})
     assert info.value.phase == "04_supervised" and info.value.notebook.endswith("04_supervised.ipynb")
     assert "train_supervised" in str(info.value) and info.value.cell_index is not None
+
+
+def test_phases_run_with_other_parameter_sets(pipeline, tmp_path):
+    """Not only the defaults: phase 1 for one named local sensor, phase 2 on given inputs with
+    errors=raise and no sample, phase 3 on every connection (max_rows=0)."""
+    settings, _ = pipeline
+    logs = tmp_path / "sensor"
+    logs.mkdir()
+    nmap = SAMPLE / "stratosphere/002-nmap-port-scanning/conn.log"
+    shutil.copy(nmap, logs / "conn.log")
+    sensor = config.SensorConfig(name="this-box", kind="local", remote_dir=str(logs), patterns=("*.log",))
+    fresh = dataclasses.replace(settings, store_dir=tmp_path / "store", runs_dir=tmp_path / "runs",
+                                raw_dir=tmp_path / "raw", sensors=(sensor,))
+    collected = runner.run_phases(fresh, "1", parameters={"sensor": "this-box"})
+    assert runner.read_phase(collected.run_dir, "01_collect")["files"] == 1
+    assert (tmp_path / "raw/this-box/conn.log").read_bytes() == nmap.read_bytes()
+    parsed = runner.run_phases(fresh, "2", parameters={"inputs": [str(nmap)], "sensor": "lab", "errors": "raise",
+                                                        "include_sample": False})
+    parse = runner.read_phase(parsed.run_dir, "02_parse")
+    # inputs replace the sensors' raw folders and the sample: only the nmap log is ingested
+    assert parse["rows"] == parse["store_rows"] == len(read_log(nmap)) == 4504
+    featured = runner.run_phases(fresh, "3", start="2022-09-29", end="2022-09-30", parameters={"max_rows": 0})
+    features = runner.read_phase(featured.run_dir, "03_features")
+    assert features["rows"] == features["connections"] == 4504
+    assert features["n_features"] == len(features["features"]) > 100
+
+
+def test_report_reads_from_elasticsearch(pipeline, tmp_path):
+    """Phase 7 with source=elasticsearch: conn rows and host figures come from the node (after phase 2
+    indexed the store there) and give the same week figures as the Parquet store."""
+    require("ES", bool(ES_URL), "set WATCHTOWER_ES_URL to a running node (scripts/es-node start)")
+    import uuid
+
+    settings, first = pipeline
+    prefix = f"wt-nb-{uuid.uuid4().hex[:8]}"
+    with_es = dataclasses.replace(
+        settings, runs_dir=tmp_path / "runs", store_dir=tmp_path / "store",
+        elasticsearch=dataclasses.replace(settings.elasticsearch, url=ES_URL, index_prefix=prefix))
+    shutil.copytree(settings.store_dir, with_es.store_dir)
+    parsed = runner.run_phases(with_es, "2")
+    assert runner.read_phase(parsed.run_dir, "02_parse")["es_ok"]
+    from_es = runner.run_phases(with_es, "7", parameters={"source": "elasticsearch"})
+    report = runner.read_phase(from_es.run_dir, "07_weekly_report")
+    from_store = runner.read_phase(first.run_dir, "07_weekly_report")
+    assert report["source"] == "elasticsearch"
+    assert report["figures"] == from_store["figures"] and report["rows"] == from_store["rows"] == 4504
+    assert report["hosts"] == from_store["hosts"]
