@@ -305,3 +305,143 @@ def test_skip_warning_is_silent_on_clean_files(edge: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         zeek.read_log(edge / "zeekcut-zero-time.log", errors="skip")
+
+
+# ------------------------------------------------------------------ exact rows of more real files
+# Expected values are copied from the raw file text (cat -A / xxd), not from the reader.
+def _ts(text: str) -> pd.Timestamp:
+    """A Zeek time as printed (``1354328870.191989``) -> Timestamp, via its integer microseconds."""
+    seconds, micros = text.split(".")
+    return pd.Timestamp(int(seconds) * 10**6 + int(micros), unit="us", tz="UTC")
+
+
+def test_non_printable_escaping_http(edge: Path, tmp_path: Path) -> None:
+    r"""Zeek's own baseline: a raw 4-byte emoji (f0 9f 98 84), an escaped BEL (\x07 in the file) and a
+    literal backslash before "x07" (\\x07 in the file). Its times are canonified to
+    XXXXXXXXXX.XXXXXX, so the raw file fails on line 10 and a tmp copy gets a real time."""
+    raw = (edge / "zeek-baseline-canonified/non-printable-escaping-http.tsv.log").read_bytes()
+    with pytest.raises(ZeekParseError) as info:
+        zeek.read_log(edge / "zeek-baseline-canonified/non-printable-escaping-http.tsv.log")
+    assert (info.value.line, info.value.field, info.value.value) == (10, "ts", "XXXXXXXXXX.XXXXXX")
+    path = tmp_path / "http.log"
+    path.write_bytes(raw.replace(b"XXXXXXXXXX.XXXXXX", b"1329843175.736107"))
+    df = zeek.read_log(path)
+    assert df["uri"].tolist() == ["/regular_file.html", "/printable_\U0001F604", "/non_printable_\x07",
+                                  "/non_printable_literal_\\x07"]
+    assert len(df["uri"].iloc[2]) == len("/non_printable_") + 1  # one BEL character
+    assert df["uri"].iloc[3].endswith("_\\x07") and len(df["uri"].iloc[3]) == len("/non_printable_literal_") + 4
+    assert df["uid"].tolist() == ["CHhAvVGS1DHFjwGM9", "ClEkJM2Vm5giqnMf4h", "C4J4Th3PJpwUYZZ6gc", "CtPZjS20MLrsMUOJi2"]
+    assert df["id.orig_p"].tolist() == [55122, 55134, 55142, 55154]
+    assert (df["ts"] == pd.Timestamp("2012-02-21T16:52:55.736107Z")).all()
+    assert df["user_agent"].tolist() == ["Python-urllib/3.12"] * 4 and df["referrer"].isna().all()
+    assert df["status_code"].tolist() == [404] * 4 and df["status_msg"].tolist() == ["File not found"] * 4
+    assert df["response_body_len"].tolist() == [335] * 4 and df["tags"].tolist() == [[]] * 4
+    assert df["resp_fuids"].tolist() == [["FiQHEW1Z5mVQT0VMtd"], ["FohOlx2DI0LrhjncC7"], ["FLQcdMkvd8G7536U2"],
+                                         ["FXuGe510Cc7660dID8"]]
+    assert df["resp_mime_types"].tolist() == [["text/html"]] * 4 and df["resp_filenames"].isna().all()
+
+
+def test_http_odd_methods_star_and_empty_uri(edge: Path) -> None:
+    """OPTIONS * (uri "*"), OPTIONS with an empty URI ("(empty)" -> ""), and 23 requests Zeek could not
+    parse at all (method, host and uri unset -> NA, not "" and not "-")."""
+    df = zeek.read_log(edge / "zeek-baseline-2019/http-odd-methods-empty-uri.log")
+    assert len(df) == 49
+    first, second, third = df.iloc[0], df.iloc[1], df.iloc[2]
+    assert (first["method"], first["host"], first["uri"], first["version"]) == ("OPTIONS", "www.google.com", "*", "1.1")
+    assert first["ts"] == _ts("1354328870.191989") and first["status_code"] == 405
+    assert first["status_msg"] == "Method Not Allowed" and first["response_body_len"] == 962
+    assert (second["method"], second["uri"], second["status_code"], second["status_msg"]) == (
+        "OPTIONS", "", 400, "Bad Request")
+    assert pd.isna(third["method"]) and pd.isna(third["host"]) and pd.isna(third["uri"])
+    assert third["uid"] == "C4J4Th3PJpwUYZZ6gc" and third["resp_fuids"] == ["FrYoRN2EwpZyXbyvF8"]
+    assert int(df["uri"].isna().sum()) == 23 and int(df["method"].isna().sum()) == 23
+    assert df["uri"].dropna().value_counts().to_dict() == {"/": 16, "/HTTP/1.1": 8, "*": 1, "": 1}
+    assert df["method"].value_counts().to_dict() == {
+        "GET": 4, "CCM_POST": 3, "CONNECT": 3, "DELETE": 3, "HEAD": 3, "PUT": 3, "TRACE": 3, "OPTIONS": 2, "POST": 2}
+    head = df[df["method"] == "HEAD"]  # no body: resp_fuids unset (NA), tags "(empty)" ([])
+    assert head["resp_fuids"].isna().all() and head["tags"].tolist() == [[]] * 3
+    assert head["status_code"].tolist() == [200, 200, 400]
+
+
+def test_conn_ipv6_teredo_tunnel_parents(edge: Path) -> None:
+    """tunnel_parents: unset (NA), one uid, and two uids split at the set separator; IPv6 addresses."""
+    df = zeek.read_log(edge / "zeek-baseline-2019/conn-ipv6-teredo-tunnel-parents.log")
+    assert len(df) == 21
+    parents = dict(zip(df["uid"], df["tunnel_parents"]))
+    assert parents["CNnMIj2QSd84NKf7U3"] == ["Ck51lg1bScffFj34Ri"]
+    assert parents["CP5puj4I8PtEU4qzYg"] == ["CmES5u32sYpV7JYN"]
+    assert parents["C9mvWx3ezztgzcexV7"] == ["CtPZjS20MLrsMUOJi2", "Ck51lg1bScffFj34Ri"]
+    assert parents["CUM0KZ3MLUfNB0cl11"] == ["CtPZjS20MLrsMUOJi2"]
+    assert parents["ClEkJM2Vm5giqnMf4h"] is pd.NA or parents["ClEkJM2Vm5giqnMf4h"] is None
+    assert int(df["tunnel_parents"].notna().sum()) == 4
+    six = df.set_index("uid").loc["C9mvWx3ezztgzcexV7"]
+    assert (six["id.orig_h"], six["id.orig_p"], six["id.resp_h"], six["id.resp_p"]) == (
+        "2001:0:4137:9e50:8000:f12a:b9c8:2815", 128, "2001:4860:0:2001::68", 129)
+    assert six["proto"] == "icmp" and six["duration"] == pd.Timedelta(microseconds=463615)
+    assert six["ts"] == _ts("1210953060.829303") and pd.isna(six["service"]) and pd.isna(six["history"])
+    teredo = df.set_index("uid").loc["Ck51lg1bScffFj34Ri"]  # the tunnel itself
+    assert (teredo["service"], teredo["orig_bytes"], teredo["resp_bytes"], teredo["history"]) == (
+        "teredo", 2359, 11243, "Dd")
+    assert df.set_index("uid").loc["ClEkJM2Vm5giqnMf4h", "history"] == "^fA"  # "^": direction flipped
+
+
+def test_dhcp_gzip_interval_in_e_notation_and_large_count(edge: Path) -> None:
+    """lease_time printed as 4.294967e+09 (an interval: 4,294,967,000 s, about 136 years, not 2**32) and
+    trans_id 2218089335 (above 2**31)."""
+    df = zeek.read_log(edge / "zat-dhcp-gzip.log.gz")
+    assert len(df) == 2 and str(df["lease_time"].dtype) == "timedelta64[ns]"
+    assert df["lease_time"].tolist() == [pd.Timedelta(seconds=4_294_967_000)] * 2
+    assert df["trans_id"].tolist() == [2218089335, 2227948382] and str(df["trans_id"].dtype) == "UInt64"
+    assert df["ts"].tolist() == [_ts("1379288650.691137"), _ts("1379288663.734159")]
+    assert df["uid"].tolist() == ["Cm5veU18MVTniYSKAl"] * 2 and df["mac"].tolist() == ["00:20:18:eb:ca:21"] * 2
+    assert df["assigned_ip"].tolist() == ["192.168.33.10"] * 2
+    assert (df["id.orig_p"].tolist(), df["id.resp_p"].tolist()) == ([68, 68], [67, 67])
+
+
+def test_http_gzip_valid_rows(edge: Path) -> None:
+    """zat's gzipped Bro 2.x http.log (table[enum] tags): rows 1, 3 and 150, and counts from the raw text."""
+    df = zeek.read_log(edge / "zat-http-gzip-valid.log.gz")
+    assert len(df) == 150
+    first = df.iloc[0]
+    assert first["ts"] == _ts("1379288667.668082") and first["uid"] == "CyIaMO7IheOh38Zsi"
+    assert (first["id.orig_h"], first["id.orig_p"], first["id.resp_h"], first["id.resp_p"]) == (
+        "192.168.33.10", 1031, "54.245.228.191", 80)
+    assert (first["method"], first["host"], first["uri"], first["status_code"], first["status_msg"]) == (
+        "GET", "guyspy.com", "/", 301, "Moved Permanently")
+    assert first["user_agent"] == "Mozilla/4.0 (compatible; MSIE 8.0; Windows NT 5.1; Trident/4.0)"
+    assert first["response_body_len"] == 184 and pd.isna(first["referrer"]) and first["tags"] == []
+    assert first["resp_fuids"] == ["Fnjq3r4R0VGmHVWiN5"] and first["resp_mime_types"] == ["text/html"]
+    third = df.iloc[2]
+    assert third["trans_depth"] == 2 and third["referrer"] == "http://www.guyspy.com/"
+    assert third["uri"] == "/wp-content/plugins/slider-pro/css/advanced-slider-base.css?ver=3.3.1"
+    assert (third["status_code"], third["response_body_len"]) == (404, 55817)
+    last = df.iloc[-1]
+    assert last["ts"] == _ts("1379288899.495720") and (last["method"], last["host"]) == ("POST", "j.maxmind.com")
+    assert (last["request_body_len"], last["response_body_len"], last["resp_mime_types"]) == (74993, 512, ["text/plain"])
+    assert pd.isna(last["user_agent"])
+    assert df["status_code"].value_counts(dropna=False).to_dict() == {200: 134, 302: 7, 301: 1, 404: 4, pd.NA: 4}
+    assert df["method"].value_counts().to_dict() == {"GET": 133, "POST": 10, "OPTIONS": 7}
+    unanswered = df[df["status_code"].isna()]  # rows 105, 106, 123, 124: no response, so no files either
+    assert unanswered["uid"].tolist() == ["CnZuft1xELwUH6nLCb", "CnZuft1xELwUH6nLCb", "Cp9hNy3nE9FQR8MA17",
+                                          "CctrmTO7E3fx0rzsh"]
+    assert unanswered["response_body_len"].tolist() == [0] * 4 and unanswered["resp_fuids"].isna().all()
+
+
+def test_bro2x_conn_without_local_resp_rows(edge: Path) -> None:
+    """A Bro 2.x conn.log: no local_resp column, local_orig unset, tunnel_parents "(empty)", rows not in
+    ts order (the last row is the earliest: the ftp control connection)."""
+    df = zeek.read_log(edge / "zeekcut-conn-bro2x-no-local_resp.log")
+    assert len(df) == 5 and "local_resp" not in df.columns and df["local_orig"].isna().all()
+    assert df["uid"].tolist() == ["CjhGID4nQcgTWjvg4c", "CCvvfg3TEfuqmmG4bh", "CsRx2w45OKnoww6xl4",
+                                  "CRJuHdVW0XPVINV8a", "CXWv6p3arKYeMETxOg"]
+    assert df["ts"].tolist() == [_ts(t) for t in ("1329843175.736107", "1329843179.871641", "1329843194.151526",
+                                                   "1329843197.783443", "1329843161.968492")]
+    ftp = df.iloc[4]
+    assert (ftp["id.orig_h"], ftp["id.orig_p"], ftp["id.resp_h"], ftp["id.resp_p"]) == (
+        "141.142.220.235", 50003, "199.233.217.249", 21)
+    assert (ftp["proto"], ftp["service"], ftp["conn_state"], ftp["history"]) == ("tcp", "ftp", "SF", "ShAdDfFa")
+    assert ftp["duration"] == pd.Timedelta(microseconds=38_055_625)
+    assert (ftp["orig_bytes"], ftp["resp_bytes"], ftp["missed_bytes"]) == (180, 3146, 0)
+    assert (ftp["orig_pkts"], ftp["orig_ip_bytes"], ftp["resp_pkts"], ftp["resp_ip_bytes"]) == (38, 2164, 25, 4458)
+    assert df["service"].tolist() == ["ftp-data"] * 4 + ["ftp"]
+    assert df["resp_bytes"].tolist() == [342, 77, 0, 0, 3146] and df["tunnel_parents"].tolist() == [[]] * 5
