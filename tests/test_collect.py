@@ -654,3 +654,36 @@ def test_sha256sum_output_with_escaped_names_is_parsed():
     assert _parse_sha256sum(f"\\{digest}  /logs/odd\\nname\\\\x.log") == (digest, "/logs/odd\nname\\x.log")
     assert _parse_sha256sum(f"{digest} */logs/binary-mode.log") == (digest, "/logs/binary-mode.log")
     assert _parse_sha256sum("sha256sum: /logs/x.log: Permission denied") is None
+
+
+def test_recursive_patterns_list_every_level_the_same_on_any_number_of_threads(sshd, remote, shared_data):
+    """``**`` walks day folders level by level; the listing (files, refusals) is the same whether one
+    thread or six list the folders, over SFTP and locally; a folder symlink is followed by ``*`` (as
+    zeekctl's logs/current needs) but not under ``**``."""
+    from watchtower_lib._collect_paths import LocalSource, list_matching
+    from watchtower_lib._sftp import SftpSource
+
+    wanted = []
+    for day in ("2024-05-01", "2024-05-02", "2024-05-03"):
+        for name in ("conn.log", "dns.log"):
+            (remote / day).mkdir(exist_ok=True)
+            shutil.copyfile(shared_data / ZAT / name, remote / day / name)
+            wanted.append(f"{day}/{name}")
+    (remote / "2024-05-03" / "deep" / "er").mkdir(parents=True)
+    shutil.copyfile(shared_data / ZAT / "http.log", remote / "2024-05-03/deep/er/http.log")
+    wanted.append("2024-05-03/deep/er/http.log")
+    (remote / "linked").symlink_to(remote / "2024-05-01")  # inside remote_dir: followed by `*`, not by `**`
+    wanted.append("linked/conn.log")
+    (remote / "notes.txt").write_text("not a log\n")
+    patterns = ("**/*.log", "*/conn.log")
+    sftp = SftpSource(_sensor(sshd, remote))
+    try:
+        listings = [list_matching(source, patterns, workers=n) for source in (sftp, LocalSource(remote))
+                    for n in (1, 6)]
+    finally:
+        sftp.close()
+    for listing in listings:
+        assert [f.rel for f in listing.files] == sorted(wanted)
+        assert listing.refused == [] and listing.errors == []
+        assert {f.rel: f.size for f in listing.files} == {rel: (remote / rel).stat().st_size for rel in wanted}
+        assert "linked/dns.log" not in [f.rel for f in listing.files]

@@ -238,7 +238,8 @@ def _collect_sensor(sensor: SensorConfig, raw_dir: Path, manifest: Manifest, bar
         try:
             source = _open_source(sensor)
             if pending is None:
-                listing = list_matching(source, sensor.patterns)
+                listing = list_matching(source, sensor.patterns,
+                                        workers=sensor.parallel_files if sensor.kind == "ssh" else 1)
                 if source.connection_lost():
                     raise ConnectionLost("connection lost while listing remote_dir")
                 result.refused.extend(listing.refused)

@@ -89,7 +89,8 @@ def read_arrow(path: PathLike, *, errors: str = "raise") -> pa.Table:
 
     Returns
     -------
-    pyarrow.Table whose fields carry their Zeek type in field metadata (``zeek_type``)
+    pyarrow.Table whose fields carry their Zeek type in field metadata (``zeek_type``; JSON
+    columns inferred from their values have none, ``zeek_type_of`` reads their Arrow type)
     and whose schema metadata has ``zeek_format``, ``zeek_path`` and ``skipped_rows``.
     Several header blocks in one file give the union of their columns (null where a
     block lacks one).
@@ -198,8 +199,10 @@ def iter_batches(path: PathLike, *, batch_rows: int = 65_536, errors: str = "rai
 
     The file is read in chunks of about 16 MB (decompressed); nothing holds the whole
     file. For TSV every batch has the same schema, the union of all header blocks (a
-    first pass reads only the headers). For JSON, a column's type is fixed by the
-    first batch it appears in; a later batch may add columns.
+    first pass reads only the headers). For JSON, a column the built-in schema does not
+    know takes its type from its values in file order (null until a value appears, int
+    widening to double), so where batches are cut does not matter; a later batch may add
+    columns, and a value of another kind is a ``ZeekParseError``.
 
     Parameters
     ----------
