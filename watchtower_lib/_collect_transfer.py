@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._atomic import fsync_path
 from ._collect_manifest import FileRecord, Manifest
 from ._collect_paths import RemoteFile, old_copy_path, safe_local_path
 from .errors import IntegrationError
@@ -187,7 +188,7 @@ def finish(fetched: Fetched, manifest: Manifest, sensor: str, verify: Callable[[
             return Outcome("touched" if record is not None else "adopted", local, transferred=fetched.transferred)
         grown = local_size < rf.size and _file_sha(part, local_size) == old_sha
         kind = "grown" if grown else "rotated"
-    _fsync_file(part)
+    fsync_path(part)
     if local_size is not None:
         old_copy = old_copy_path(local, stamp)
         old_copy.parent.mkdir(exist_ok=True)
@@ -257,17 +258,4 @@ def _file_sha(path: Path, length: int | None = None) -> str:
     return h.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = fsync_path  # the caller fsyncs each folder of a batch once (collect._transfer_all)

@@ -21,7 +21,6 @@ import os
 import platform
 import shutil
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._atomic import fsync_path, write_atomic, write_text_atomic
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -156,12 +156,12 @@ def save(model: Any, path: str | Path, card: dict[str, Any]) -> Path:
     def write_card(target: Path, model_file: Path) -> None:
         full["model_sha256"] = sha256_file(model_file)
         text = json.dumps(full, indent=2, sort_keys=True, default=str)
-        _write_atomic(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_text_atomic(target, text)
 
     if p.suffix == ".skops" or (p.is_dir() and any(p.iterdir())):
         model_file = p if p.suffix == ".skops" else p / MODEL_FILE
         model_file.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(model_file, lambda tmp: sio.dump(model, tmp))
+        write_atomic(model_file, lambda tmp: sio.dump(model, tmp))
         write_card(model_file.with_name(CARD_FILE), model_file)
     else:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -170,39 +170,17 @@ def save(model: Any, path: str | Path, card: dict[str, Any]) -> Path:
         building.mkdir()
         try:
             sio.dump(model, building / MODEL_FILE)
-            _fsync(building / MODEL_FILE)
+            fsync_path(building / MODEL_FILE)
             write_card(building / CARD_FILE, building / MODEL_FILE)
-            _fsync(building)
+            fsync_path(building)
             os.replace(building, p)  # replaces an empty directory too
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
-        _fsync(p.parent)
+        fsync_path(p.parent)
         model_file = p / MODEL_FILE
     log.info("saved %s (%d features)", model_file, len(full["features"]))
     return model_file
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's (or a directory's entries') data to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(target: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)``, fsync, rename over ``target``: readers see the old file or the whole new one."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(target.parent)
 
 
 def _drop_frame_caches(model: Any) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ._atomic import fsync_path
 from ._manifest import MANIFEST_NAME, Manifest, Part
 from .errors import StoreError
 
@@ -138,7 +139,7 @@ class PartWriter:
     def _close(self, part: _OpenPart) -> None:
         self._flush(part)
         part.writer.close()
-        _fsync(part.tmp)
+        fsync_path(part.tmp)
         self._closed.append(part)
 
     def finish(self) -> list[Part]:
@@ -152,7 +153,7 @@ class PartWriter:
             self._renamed.append(part.final)
             folders.add(part.final.parent)
         for folder in folders | ({self.store / self.log_type} if folders else set()):
-            _fsync(folder)
+            fsync_path(folder)
         return [
             Part(relpath=part.final.relative_to(self.store).as_posix(), sha256=self.sha256,
                  log_type=self.log_type, day=part.day, rows=part.rows, min_ts=part.min_ts,
@@ -209,14 +210,6 @@ def _split_by_day(batch: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch, int 
             label = str(np.datetime64(int(day), "D"))
             out.append((label, rows, int(values.min()), int(values.max())))
     return out
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_orphans(store: Path, manifest: Manifest) -> int:

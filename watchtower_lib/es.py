@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -32,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import es_mapping as m
+from ._atomic import write_text_atomic
 from .errors import ConfigError, IntegrationError, MissingDependencyError, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -432,20 +432,11 @@ def read_ledger(store_dir: str | Path) -> dict[str, Any]:
 
 
 def _write_ledger(store_dir: Path, key: str, done: set[str]) -> None:
-    """Record ``done`` for ``key`` atomically (temp file + fsync + os.replace); other targets kept."""
+    """Record ``done`` for ``key`` atomically (``_atomic.write_text_atomic``); other targets kept."""
     data = read_ledger(store_dir)
     data["targets"][key] = {"parts": sorted(done),
                             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    fd, tmp = tempfile.mkstemp(prefix=f".{LEDGER_NAME}.", dir=store_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, store_dir / LEDGER_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(store_dir / LEDGER_NAME, json.dumps(data, indent=1))
 
 
 def _read_part(store: Path, part: Any, schema: pa.Schema, log_type: str) -> pd.DataFrame:

@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._atomic import write_text_atomic
 from .errors import IntegrationError, WatchtowerError
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,7 @@ def notebook_to_html(notebook: str | Path, html_path: str | Path, *, title: str 
     body, removed = _REMOTE_SCRIPT.subn("", body)
     if removed:
         log.info("left out %d remote script tag(s) so the report works offline", removed)
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = html_path.with_name(html_path.name + ".tmp")
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(html_path)
+    write_text_atomic(html_path, body)
     log.info("wrote %s (%.1f MB)", html_path, html_path.stat().st_size / 1e6)
     return html_path
 

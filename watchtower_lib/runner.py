@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._atomic import write_text_atomic
 from .config import Settings
 from .errors import ConfigError, PhaseError, WatchtowerError
 from .periods import (PHASES, UTC, Period, collect_figures, collect_phase, collect_problems, collect_table,
@@ -113,9 +114,7 @@ def record_phase(output_dir: str | Path | None, phase: str, **figures: Any) -> P
     path = Path(output_dir) / f"{phase}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"phase": phase, "recorded_at": dt.datetime.now(UTC).isoformat(), **_jsonable(figures)}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(body, indent=2, sort_keys=False) + "\n")
     log.info("recorded %s", path)
     return path
 
@@ -201,11 +200,7 @@ class RunRecord:
         return body
 
     def save(self) -> Path:
-        path = self.run_dir / "run.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_jsonable(self.to_dict()), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_text_atomic(self.run_dir / "run.json", json.dumps(_jsonable(self.to_dict()), indent=2) + "\n")
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunRecord:
@@ -244,9 +239,8 @@ def write_settings(settings: Settings, path: Path) -> Path:
     import yaml
 
     body = _jsonable({k: v for k, v in dataclasses.asdict(settings).items() if k != "config_path"})
-    path.write_text("# effective settings of this run (written by watchtower_lib.runner)\n"
-                    + yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
-    return path
+    return write_text_atomic(path, "# effective settings of this run (written by watchtower_lib.runner)\n"
+                             + yaml.safe_dump(body, sort_keys=False))
 
 
 def _new_run_id(job: str | None) -> str:
@@ -433,7 +427,5 @@ def _add_timing(run_dir: Path, phase: PhaseRecord) -> None:
     """Add the runner's wall time (kernel start included) to the phase's own record."""
     figures = read_phase(run_dir, phase.name)
     if figures:
-        path = Path(run_dir) / f"{phase.name}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({**figures, "seconds": phase.seconds}, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(Path(run_dir) / f"{phase.name}.json",
+                          json.dumps({**figures, "seconds": phase.seconds}, indent=2) + "\n")

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from .._atomic import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -64,5 +66,5 @@ def evaluate(train_paths: tuple[str, ...], test_paths: tuple[str, ...], seed: in
             for name, m in report[kind]["per_capture"].items():
                 click.echo("\n".join(_lines(f"  {label}, {name}", m)))
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2, default=float))
+        write_text_atomic(json_out, json.dumps(report, indent=2, default=float))
         click.echo(f"report -> {json_out}")

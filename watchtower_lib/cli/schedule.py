@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from .._atomic import write_text_atomic
 from . import settings_from
 
 
@@ -49,7 +50,7 @@ def schedule(ctx: click.Context, print_kind: str | None, write_dir: Path | None,
         if write_dir is not None:
             write_dir.mkdir(parents=True, exist_ok=True)
             for name, text in units.items():
-                (write_dir / name).write_text(text, encoding="utf-8")
+                write_text_atomic(write_dir / name, text)
                 click.echo(str(write_dir / name))
             click.echo("enable with: systemctl [--user] daemon-reload && systemctl [--user] enable --now "
                        + " ".join(n for n in units if n.endswith(".timer")), err=True)
