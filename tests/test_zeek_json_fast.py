@@ -353,3 +353,19 @@ def test_iter_batches_memory_stays_bounded(tmp_path: Path, shared_data: Path, mo
         tracemalloc.stop()
     assert rows == 50_000
     assert peak < 8 << 20, peak
+
+
+def _rows_in(path: str) -> int:
+    return zeek.read_arrow(path).num_rows
+
+
+def test_a_forked_child_parses_in_its_own_threads(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parse threads are per process: a child forked after a read (multiprocessing's default on
+    Linux) would otherwise wait for threads it does not have."""
+    import multiprocessing
+
+    monkeypatch.setattr(_zeek_json_fast, "PIECE_BYTES", 1 << 20)  # several pieces: the thread pool runs
+    path = str(shared_data / DNS)
+    assert _rows_in(path) == 53_615  # the parent's pool exists now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.map_async(_rows_in, [path]).get(timeout=120) == [53_615]

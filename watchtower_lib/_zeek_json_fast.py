@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -54,6 +55,7 @@ _ISO_RE2 = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(
 _ISO_ZEEK = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"
 
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
 
 
 class Refused(Exception):
@@ -65,9 +67,11 @@ def _threads() -> int:
 
 
 def _executor() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
+    """The parse threads; a forked child (multiprocessing) makes its own, its parent's are not there."""
+    global _pool, _pool_pid
+    if _pool is None or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="watchtower-json")
+        _pool_pid = os.getpid()
     return _pool
 
 
