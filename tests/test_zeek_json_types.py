@@ -139,3 +139,17 @@ def test_integers_a_double_would_round_are_not_widened(shared_data: Path, tmp_pa
         with pytest.raises(ZeekParseError, match=r"would be rounded; the column was int, since line 1") as info:
             _batches(path, batch_rows)
         assert info.value.line == 3 and info.value.field == "wt_big"
+
+
+def test_lone_surrogate_escape_comes_back_as_its_text(tmp_path):
+    r"""A JSON string holding a lone UTF-16 surrogate ("\ud800", which no UTF-8 text can hold) comes
+    back as the six characters of its escape, as bytes that are not UTF-8 come back as \xNN text;
+    the row is kept, the other values are untouched."""
+    from watchtower_lib import zeek
+
+    path = tmp_path / "conn.log"
+    path.write_text('{"ts":1521912920.5,"uid":"CAbc","_path":"conn","note":"\\ud800x"}\n'
+                    '{"ts":1521912921.5,"uid":"CDef","_path":"conn","note":"fine"}\n', encoding="ascii")
+    df = zeek.read_log(path)
+    assert df["note"].tolist() == ["\\ud800x", "fine"] and df["uid"].tolist() == ["CAbc", "CDef"]
+    assert [b.num_rows for b in zeek.iter_batches(path, batch_rows=1)] == [1, 1]

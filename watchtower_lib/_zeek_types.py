@@ -257,7 +257,20 @@ def to_arrow(values: list[Any], zeek_type: str) -> pa.Array:
     if inner_type in (TIME, INTERVAL):  # values are integer nanoseconds
         raw = pa.array(values, pa.list_(pa.int64()) if pa.types.is_list(target) else pa.int64())
         return raw.cast(target)
-    return pa.array(values, target)
+    try:
+        return pa.array(values, target)
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON) is not text Arrow can hold
+        return pa.array([_escape_surrogates(v) for v in values], target)
+
+
+def _escape_surrogates(value: Any) -> Any:
+    r"""Lone UTF-16 surrogates back to the ``\uXXXX`` text the JSON file had, as bytes that are not
+    UTF-8 come back as ``\xNN`` text: the value is kept, visibly, and never dropped or mangled."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_escape_surrogates(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------ the fast path
