@@ -9,12 +9,12 @@ Both runs build the same ECS documents with the same code (``watchtower_lib.es``
 fresh indices on the same node, in the same process; the clock includes turning the
 DataFrame into documents.
 
-* default: ``elasticsearch.helpers.bulk(client, actions)`` with its defaults (500
-  documents per request, one request at a time) into an index with Elasticsearch's
-  defaults (refresh every 1 s, 1 replica).
-* tuned: ``watchtower_lib.es.index_logs`` (``--chunk-size`` documents per request,
-  ``--threads`` requests in flight, refresh off and translog fsync relaxed during the
-  load, 0 replicas from our template).
+* default: ``elasticsearch.helpers.bulk(Elasticsearch(url), actions)``, client and helper
+  with their defaults (the standard json module, 500 documents per request, one request
+  at a time), into an index with Elasticsearch's defaults (refresh every 1 s, 1 replica).
+* tuned: ``watchtower_lib.es.index_logs`` through ``watchtower_lib.es.client`` (orjson
+  bodies, ``--chunk-size`` documents per request, ``--threads`` requests in flight, refresh
+  off and translog fsync relaxed during the load, 0 replicas from our template).
 
 Run: ``.venv/bin/python benchmarks/es_bulk.py [--docs 1000000] [--url URL]``. Without
 --url or $WATCHTOWER_ES_URL it starts a node with scripts/es-node and stops it after.
@@ -58,8 +58,11 @@ def tile(df: pd.DataFrame, n: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def run_default(client, df: pd.DataFrame, index: str) -> float:
-    from elasticsearch import helpers
+def run_default(url: str, df: pd.DataFrame, index: str) -> float:
+    """``helpers.bulk`` with an ``Elasticsearch(url)`` client of the library's defaults (its own json)."""
+    from elasticsearch import Elasticsearch, helpers
+
+    client = Elasticsearch(url, request_timeout=60)
 
     client.indices.create(index=index, settings={"index": {"number_of_shards": 1, "number_of_replicas": 1}})
     t0 = time.perf_counter()
@@ -128,7 +131,7 @@ def main() -> int:
 
         results: dict[str, float] = {}
         if not args.skip_default:
-            elapsed = run_default(client, df, "wt-bench-default")
+            elapsed = run_default(settings.elasticsearch.url, df, "wt-bench-default")
             results["default"] = len(df) / elapsed
             print(f"default helpers.bulk (500/request, 1 thread, refresh 1s): {elapsed:7.1f}s "
                   f"{results['default']:9,.0f} docs/s")

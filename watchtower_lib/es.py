@@ -54,6 +54,14 @@ def _elasticsearch():
     return elasticsearch
 
 
+def _orjson():
+    try:
+        import orjson
+    except ImportError:
+        raise MissingDependencyError("orjson", "es") from None
+    return orjson
+
+
 def client(settings: Settings | None = None) -> Elasticsearch:
     """An Elasticsearch client from ``settings.elasticsearch`` (default: ``config.load()``).
 
@@ -85,7 +93,12 @@ def client(settings: Settings | None = None) -> Elasticsearch:
     elif cfg.username:
         password = _secret(cfg.password_env, "password_env") if cfg.password_env else ""
         kwargs["basic_auth"] = (cfg.username, password)
-    return es_mod.Elasticsearch(cfg.url, **kwargs)
+    _orjson()
+    from elastic_transport import OrjsonSerializer
+
+    # why: serialising bulk bodies with the json module cost the client about 10 s per million conn
+    # documents, orjson 1.4 s; on a small machine the client shares the cores with the node
+    return es_mod.Elasticsearch(cfg.url, serializers={"application/json": OrjsonSerializer()}, **kwargs)
 
 
 def _secret(var: str, key: str) -> str:
@@ -599,8 +612,11 @@ def _actions(log_type: str, names: list[str], values: list[list[Any]], indices: 
 
     The id hashes the log type and the row's *set* values in field-name order, so
     it does not change when a frame gains an all-unset column (the store's schema
-    union grows) or lists its columns in another order.
+    union grows) or lists its columns in another order. The row is encoded for the
+    hash with orjson (sorted field names, the row's own values), which is 7x cheaper
+    than ``repr`` and gives the same bytes wherever the ``[es]`` extra is installed.
     """
+    dumps = _orjson().dumps
     salt = f"{log_type}\x1f".encode()
     order = sorted(range(len(names)), key=names.__getitem__)
     names = [names[k] for k in order]
@@ -610,7 +626,7 @@ def _actions(log_type: str, names: list[str], values: list[list[Any]], indices: 
         if ids is not None and ids[i] is not None:
             _id = str(ids[i])
         else:
-            _id = hashlib.blake2b(salt + repr(tuple(doc.items())).encode(), digest_size=15).hexdigest()
+            _id = hashlib.blake2b(salt + dumps(doc), digest_size=15).hexdigest()
         doc.update(constants)
         yield {"_op_type": "create", "_index": indices[i], "_id": _id, "_source": doc}
 
