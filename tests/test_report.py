@@ -200,9 +200,12 @@ def test_setup_notebook_inlines_plotly_js_offline(tmp_path):
         nbformat.v4.new_code_cell("import watchtower_lib.report as r\nr.setup_notebook()"),
         nbformat.v4.new_code_cell("r.empty_figure('t')"),
         nbformat.v4.new_code_cell("r.empty_figure('u')"),
+        nbformat.v4.new_code_cell("import pandas as pd\npd.DataFrame({'explanation': ['hist_r_f=1 ' * 12]})"),
     ]
     NotebookClient(nb, timeout=60, kernel_name="python3").execute()
-    outputs = [o for cell in nb.cells[1:] for o in cell.outputs]
+    table = nb.cells[3].outputs[0]["data"]["text/html"]
+    assert "hist_r_f=1 " * 11 + "hist_r_f=1" in table and "..." not in table  # a long cell is shown whole
+    outputs = [o for cell in nb.cells[1:3] for o in cell.outputs]
     html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     figures = [h for h in html if "Plotly.newPlot" in h]
     bundles = [h for h in html if len(h) > 1_000_000]  # plotly.js itself, several MB

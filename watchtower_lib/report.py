@@ -81,8 +81,14 @@ def setup_notebook(renderer: str = OFFLINE_RENDERER) -> None:
     that nbconvert keeps) minus the MathJax ``<script src>`` from cdnjs that plotly adds to
     every figure, so the report loads nothing from the network. Call it explicitly at the
     top of a report notebook; importing this module changes nothing.
+
+    Also lifts pandas' 50-character cell limit: a report cut an alert's explanation and a
+    host's reasons to "..." at the very point an analyst reads them.
     """
+    import pandas as pd
     import plotly.io as pio
+
+    pd.set_option("display.max_colwidth", None)
 
     if renderer == OFFLINE_RENDERER and OFFLINE_RENDERER not in pio.renderers:
         pio.renderers[OFFLINE_RENDERER] = _offline_renderer()
