@@ -205,3 +205,41 @@ def test_cli_run_failure_exit_code_and_message(tmp_path):
     result = CliRunner().invoke(cli, ["--config", str(s_path), "run", "--phases", "1", "--notebooks", str(nbs)])
     assert result.exit_code == 0, result.output
     assert "[1] 01_collect done in" in result.output and "run.json" in result.output
+
+
+# ------------------------------------------------------------------ kernel shutdown
+def _signals_at_shutdown(manager_class: type) -> list[int]:
+    """Start a real kernel with ``manager_class``, shut it down, and return the signals sent to it."""
+    import asyncio
+
+    sent: list[int] = []
+
+    class Recording(manager_class):  # type: ignore[misc,valid-type]
+        async def _async_signal_kernel(self, signum: int) -> None:
+            sent.append(signum)
+            await super()._async_signal_kernel(signum)
+
+    async def start_and_stop() -> None:
+        km = Recording(kernel_name="python3")
+        await km.start_kernel()
+        try:
+            client = km.client()
+            client.start_channels()
+            await client.wait_for_ready(timeout=60)
+            client.stop_channels()
+        finally:
+            await km.shutdown_kernel()
+
+    asyncio.run(start_and_stop())
+    return sent
+
+
+def test_runner_kernels_get_no_sigint_at_shutdown():
+    """jupyter_client interrupts every kernel before shutting it down, which can make an idle
+    kernel log 'KeyboardInterrupt caught in kernel' into a run; the runner's manager does not."""
+    import signal
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    assert signal.SIGINT in _signals_at_shutdown(AsyncKernelManager)  # what the stock manager does
+    assert signal.SIGINT not in _signals_at_shutdown(runner.quiet_kernel_manager())

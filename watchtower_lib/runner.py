@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -365,7 +366,8 @@ def run_phases(settings: Settings, phases: str | list[int] = "1-7", start: str |
                 pm.execute_notebook(str(input_path), phase.notebook, parameters=params, kernel_name=kernel_name,
                                     progress_bar=progress_bar, execution_timeout=execution_timeout,
                                     report_mode=False, request_save_on_cell_execute=True,
-                                    config=_kernel_config(Path(sockets)))
+                                    config=_kernel_config(Path(sockets)),
+                                    kernel_manager_class=quiet_kernel_manager())
         except pm.PapermillExecutionError as exc:
             phase.seconds = round(time.monotonic() - began, 3)
             where = _failing_cell(Path(phase.notebook))
@@ -414,6 +416,27 @@ def _kernel_config(sockets: Path) -> Any:
         config.KernelManager.transport = "ipc"
         config.KernelManager.ip = str(sockets / "kernel")
     return config
+
+
+@functools.cache
+def quiet_kernel_manager() -> type:
+    """jupyter_client's kernel manager, minus the SIGINT it sends before every shutdown request.
+
+    Why: a kernel still handling a message when that SIGINT lands logs "[IPKernelApp] ERROR |
+    KeyboardInterrupt caught in kernel." into the run's output (seen in ``make demo``), which
+    reads like a failed phase. The interrupt is there to stop a busy kernel; papermill's
+    kernels are idle at shutdown (their last cell finished, failed or timed out), and
+    jupyter_client still kills a kernel that does not answer the shutdown request in time.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietShutdownKernelManager
 
 
 def _fail(record: RunRecord, phase: PhaseRecord, message: str, cell_index: int | None = None) -> None:
