@@ -103,7 +103,7 @@ def make_input(data: Path, rows: int, out: Path) -> Path:
 
 
 def run_measured(code: str, path: Path) -> tuple[float, float, str]:
-    """Like ``run`` but reaps the child with ``os.wait4`` to get its own peak RSS."""
+    """Run one route in a fresh process; its wall time, its own peak RSS (MB, ``os.wait4``) and its output."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=ROOT)
@@ -111,10 +111,26 @@ def run_measured(code: str, path: Path) -> tuple[float, float, str]:
     err = proc.stderr.read() if proc.stderr else b""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
+    if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"route failed:\n{err.decode()}")
     return wall, usage.ru_maxrss / 1024, out.decode().strip()
+
+
+def alternate(path: Path, rows: int, runs: int, routes: dict[str, str],
+              indent: str = "") -> dict[str, tuple[float, float]]:
+    """Run the routes in turn, ``runs`` times, each checked to return ``rows`` rows; median (wall, RSS) per route.
+
+    Alternating run by run spreads machine noise over every route alike (also used by parse_json.py).
+    """
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in routes}
+    for i in range(runs):
+        for name, code in routes.items():
+            wall, rss, out = run_measured(code, path)
+            if int(out) != rows:
+                raise SystemExit(f"{name} returned {out} rows, expected {rows}")
+            results[name].append((wall, rss))
+            print(f"{indent}run {i + 1}: {name:26s} {wall:6.2f} s  {rss:7.0f} MB", flush=True)
+    return {n: (statistics.median(w for w, _ in r), statistics.median(m for _, m in r)) for n, r in results.items()}
 
 
 def main() -> None:
@@ -128,15 +144,7 @@ def main() -> None:
     path = make_input(args.data, args.rows, args.workdir / f"conn-iot23-tiled-{args.rows}.log")
     print(f"input: {path} ({path.stat().st_size / 1e6:.0f} MB, {args.rows} rows)")
     print(f"  = the real IoT-23 capture 34-1 conn.log ({SAMPLE}) tiled, label columns stripped")
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in ROUTES}
-    for i in range(args.runs):
-        for name, code in ROUTES.items():
-            wall, rss, out = run_measured(code, path)
-            if int(out) != args.rows:
-                raise SystemExit(f"{name} returned {out} rows, expected {args.rows}")
-            results[name].append((wall, rss))
-            print(f"run {i + 1}: {name:26s} {wall:6.2f} s  {rss:7.0f} MB", flush=True)
-    med = {n: (statistics.median(w for w, _ in r), statistics.median(m for _, m in r)) for n, r in results.items()}
+    med = alternate(path, args.rows, args.runs, ROUTES)
     ours, zat, arrow = med["watchtower read_log"], med["zat LogToDataFrame"], med["pyarrow.csv + ArrowDtype"]
     print(f"\nmedians over {args.runs} alternating runs (whole process, {os.cpu_count()} CPUs):")
     for name, (wall, rss) in med.items():

@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from parse import alternate  # noqa: E402  (the same measuring loop as the TSV benchmark)
+
 DNS = "multi/wrccdc-2018/zeek-json/dns.json.gz"
 CONN = "scenarios/stratosphere-sdt/002-nmap-port-scanning/conn.log"
 
@@ -97,32 +98,10 @@ def make_tiled(data: Path, rows: int, out: Path) -> Path:
     return out
 
 
-def run_measured(code: str, path: Path) -> tuple[float, float, str]:
-    """Run one route in a fresh process; its wall time, its own peak RSS (MB) and its output."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT)
-    out = proc.stdout.read() if proc.stdout else b""
-    err = proc.stderr.read() if proc.stderr else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"route failed:\n{err.decode()}")
-    return wall, usage.ru_maxrss / 1024, out.decode().strip()
-
-
 def bench(path: Path, rows: int, runs: int, routes: dict[str, str]) -> None:
     load = os.getloadavg()
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in routes}
-    for i in range(runs):
-        for name, code in routes.items():
-            wall, rss, out = run_measured(code, path)
-            if int(out) != rows:
-                raise SystemExit(f"{name} returned {out} rows, expected {rows}")
-            results[name].append((wall, rss))
-            print(f"  run {i + 1}: {name:26s} {wall:7.2f} s  {rss:7.0f} MB", flush=True)
+    med = alternate(path, rows, runs, routes, indent="  ")
     after = os.getloadavg()
-    med = {n: (statistics.median(w for w, _ in r), statistics.median(m for _, m in r)) for n, r in results.items()}
     ours = med["watchtower read_log"][0]
     print(f"  medians over {runs} alternating runs (whole process, {os.cpu_count()} CPUs; "
           f"load average {load[0]:.2f} before, {after[0]:.2f} after):")
