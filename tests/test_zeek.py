@@ -115,6 +115,38 @@ def test_read_log_equals_read_arrow_to_pandas_on_every_file(shared_data: Path) -
         _zeek_io.CHUNK_BYTES = original
 
 
+def test_numeric_column_reads_arrow_buffers_at_any_offset() -> None:
+    """``_zeek_frame`` reads Arrow's value and validity buffers with numpy: slices that start
+    inside a bitmap byte, bools, nulls and a chunk of another integer width must come out as
+    pyarrow's own conversion gives them."""
+    import pyarrow as pa
+
+    from watchtower_lib import _zeek_frame
+
+    cases = [
+        (pa.uint64(), [pa.array([1, None, 3, 2**64 - 1, None, 6, 7, 8, 9, None, 11], pa.uint64()).slice(3, 7),
+                       pa.array([None, 5], pa.uint32()), pa.array([], pa.uint64())]),
+        (pa.bool_(), [pa.array([True, False, None, True, True, None, False, True, False, True]).slice(5),
+                      pa.array([False, True, True])]),
+        (pa.float64(), [pa.array([1.5, float("nan"), None, float("inf"), -0.0]).slice(1, 3), pa.nulls(2, pa.float64())]),
+        (pa.uint16(), [pa.array(list(range(20)), pa.uint16()).slice(13)]),
+    ]
+    for arrow_type, chunks in cases:
+        column = _zeek_frame.NumericColumn(arrow_type, 4)  # too small: the buffers must grow
+        for chunk in chunks:
+            column.append(chunk)
+        expected = [v for c in chunks for v in c.cast(arrow_type).to_pylist()]
+        got = column.to_pandas(len(expected))
+        assert len(got) == len(expected), arrow_type
+        for value, want in zip(got, expected):
+            if want is None:
+                assert value is pd.NA, arrow_type
+            elif isinstance(want, float) and want != want:
+                assert value != value, arrow_type  # nan is a value, not NA
+            else:
+                assert value == want, arrow_type
+
+
 def test_time_spans_match_provenance(shared_data: Path, prov: dict[str, tuple[int, str]]) -> None:
     """min/max of ts, in UTC to the second, as PROVENANCE.md lists them (TSV and JSON alike)."""
     compared = 0
