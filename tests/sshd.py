@@ -40,10 +40,12 @@ class SshServer:
     Parameters
     ----------
     workdir : an empty folder for config, keys, pid file and log.
+    max_sessions : sshd's MaxSessions (sessions per connection; OpenSSH's default is 10).
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, max_sessions: int = 32) -> None:
         self.workdir = Path(workdir)
+        self.max_sessions = max_sessions
         self.port = 0
         self.host = "127.0.0.1"
         self.host_key = self.workdir / "ssh_host_ed25519_key"
@@ -80,7 +82,7 @@ class SshServer:
             "PubkeyAuthentication yes",
             # in-process SFTP: also works for a user whose shell is nologin (the unreadable-file test)
             "Subsystem sftp internal-sftp",
-            "MaxSessions 32",
+            f"MaxSessions {self.max_sessions}",
             "MaxStartups 50",
             # sessions get the temp folder as HOME, so the login shell reads no rc files of the
             # machine running the tests (like a clean sensor; a root ~/.bashrc here can hang on pyenv)

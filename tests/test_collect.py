@@ -687,3 +687,164 @@ def test_recursive_patterns_list_every_level_the_same_on_any_number_of_threads(s
         assert listing.refused == [] and listing.errors == []
         assert {f.rel: f.size for f in listing.files} == {rel: (remote / rel).stat().st_size for rel in wanted}
         assert "linked/dns.log" not in [f.rel for f in listing.files]
+
+
+# ------------------------------------------------------------------ large collections
+def _many_logs(remote: Path, shared: Path, copies: int) -> dict[str, Path]:
+    """Real logs in day folders: four ZAT and two WRCCDC TSV logs copied into ``copies`` folders."""
+    sources = [shared / ZAT / n for n in ("conn.log", "dns.log", "http.log", "ssl.log")] + [
+        shared / WRCCDC / n for n in ("dns.log.gz", "weird.log.gz")]
+    files = {}
+    for k in range(copies):
+        day = remote / f"2024-05-{k + 1:02d}"
+        day.mkdir()
+        for src in sources:
+            shutil.copyfile(src, day / src.name)
+            files[f"{day.name}/{src.name}"] = src
+    return files
+
+
+def test_default_sshd_session_limit_is_never_exceeded(remote, shared_data, tmp_path):
+    """OpenSSH allows 10 sessions per connection by default. Listing on six threads, transferring on
+    six more and hashing on the sensor once opened 13; channels of threads that ended are reused now."""
+    require("SSHD", SSHD.exists(), f"{SSHD} not found")
+    files = _many_logs(remote, shared_data, 4)
+    workdir = Path(tempfile.mkdtemp(prefix="wt-sshd10-"))
+    try:
+        with SshServer(workdir, max_sessions=10) as server:
+            settings = _settings(tmp_path, _sensor(server, remote, patterns=("**/*",), parallel_files=6,
+                                                   processes=1))
+            result = collect(settings).sensors[0]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert result.status == "ok", result.errors
+    assert result.files == len(files)
+    for rel, src in files.items():
+        assert (tmp_path / "raw" / "edge" / rel).read_bytes() == src.read_bytes(), rel
+
+
+def _needs_two_cores() -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("helper processes are used only with 2 or more CPUs")
+
+
+def test_large_collection_is_shared_with_a_helper_process(sshd, remote, shared_data, tmp_path, monkeypatch):
+    """Past HELPER_MIN_BYTES the work is cut into chunks that this process and a helper process (its
+    own SSH connection) take in turn; the result is the same files, manifest and report."""
+    import watchtower_lib.collect as collect_module
+
+    _needs_two_cores()
+    monkeypatch.setattr(collect_module, "HELPER_MIN_BYTES", 0)
+    monkeypatch.setattr(collect_module, "CHUNK_FILES", 3)  # 60 files: 20 chunks
+    files = _many_logs(remote, shared_data, 10)
+    assert len(files) == 60
+    settings = _settings(tmp_path, _sensor(sshd, remote, patterns=("**/*",), processes=2))
+    first = collect(settings).sensors[0]
+    assert first.status == "ok", first.errors
+    assert first.helpers == 1
+    assert first.files == 60 and first.bytes == sum(p.stat().st_size for p in files.values())
+    assert sorted(p.relative_to(tmp_path / "raw" / "edge").as_posix() for p in first.new_paths) == sorted(files)
+    for rel, src in files.items():
+        assert (tmp_path / "raw" / "edge" / rel).read_bytes() == src.read_bytes(), rel
+    assert not list((tmp_path / "raw").rglob(".*.part"))
+    with Manifest(tmp_path / "raw") as manifest:
+        assert manifest.count("edge") == 60
+        assert manifest.get("edge", "2024-05-03/dns.log.gz").sha256 == _sha(shared_data / WRCCDC / "dns.log.gz")
+
+    second = collect(settings).sensors[0]
+    assert (second.status, second.files, second.bytes, second.unchanged, second.helpers) == ("ok", 0, 0, 60, 0)
+
+
+def _helper_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"watchtower_lib._collect_helper" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_killed_helper_process_loses_nothing(sshd, remote, shared_data, tmp_path, monkeypatch, caplog):
+    """SIGKILL the helper while it holds a chunk: the parent takes the chunk back and fetches (or resumes)
+    its files in the same run; every file arrives whole."""
+    import signal
+
+    import watchtower_lib.collect as collect_module
+
+    _needs_two_cores()
+    monkeypatch.setattr(collect_module, "HELPER_MIN_BYTES", 0)
+    monkeypatch.setattr(collect_module, "CHUNK_FILES", 2)
+    files = _many_logs(remote, shared_data, 8)
+    settings = _settings(tmp_path, _sensor(sshd, remote, patterns=("**/*",), processes=2))
+    killed: list[int] = []
+
+    def kill_the_helper() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not killed:
+            done = list((tmp_path / "raw" / "edge").rglob("*.log*")) if (tmp_path / "raw").exists() else []
+            pids = _helper_pids()
+            if pids and len(done) >= 3:
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                killed.extend(pids)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=kill_the_helper, daemon=True)
+    watcher.start()
+    with caplog.at_level(logging.WARNING, logger="watchtower_lib"):
+        result = collect(settings).sensors[0]
+    watcher.join()
+    assert killed, "the helper process was never seen"
+    assert "helper process ended early" in caplog.text
+    assert result.status == "ok", result.errors
+    assert result.files == len(files)
+    for rel, src in files.items():
+        assert (tmp_path / "raw" / "edge" / rel).read_bytes() == src.read_bytes(), rel
+    with Manifest(tmp_path / "raw") as manifest:
+        assert manifest.count("edge") == len(files)
+
+
+def test_helper_that_cannot_connect_leaves_the_work_to_the_parent(tmp_path):
+    """A helper whose sensor does not answer says so and takes no chunk."""
+    from watchtower_lib._collect_helper import HelperProcess
+
+    sensor = SensorConfig(name="down", host="127.0.0.1", port=free_port(), user="nobody",
+                          known_hosts=tmp_path / "known_hosts", connect_timeout=2.0)
+    helper = HelperProcess(sensor, tmp_path / "raw", "20240501T000000Z")
+    taken: list[int] = []
+    try:
+        done = helper.serve(lambda: taken.append(1) or [], lambda n: None, lambda n: None,
+                            lambda r, lost: None, lambda chunk: None)
+    finally:
+        helper.close()
+    assert (done, taken) == (0, [])
+    assert helper.proc.returncode == 0
+
+
+def test_sftp_channel_buffer_wakes_its_reader_with_whole_messages():
+    """The SFTP channel buffer returns ``n`` bytes once ``n`` are there (not the first packet), what it
+    has at its timeout or close, and raises paramiko's PipeTimeout when nothing came at all."""
+    import paramiko
+    from paramiko.buffered_pipe import PipeTimeout
+
+    from watchtower_lib._sftp import _whole_read_pipe
+
+    pipe = _whole_read_pipe(paramiko)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read(10, timeout=10)))
+    reader.start()
+    for piece in (b"abc", b"defg", b"hijkl"):  # three packets: the reader wakes once, with 10 bytes
+        time.sleep(0.05)
+        assert not got
+        pipe.feed(piece)
+    reader.join()
+    assert got == [b"abcdefghij"]
+    assert pipe.read(5, timeout=0.2) == b"kl"  # the timeout passes with 2 bytes there: hand them over
+    with pytest.raises(PipeTimeout):
+        pipe.read(5, timeout=0.1)
+    pipe.feed(b"xyz")
+    pipe.close()
+    assert pipe.read(100) == b"xyz"
+    assert pipe.read(100) == b""  # closed and empty: EOF

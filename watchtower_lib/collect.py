@@ -26,14 +26,15 @@ Example
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ._collect_manifest import Manifest
 from ._collect_paths import LocalSource, Refusal, RemoteFile, _reason, forget_real_dirs, list_matching
@@ -51,6 +52,9 @@ MAX_SENSORS_AT_ONCE = 4
 BACKOFF_BASE = 1.0  # seconds before the first retry; doubles each time
 BACKOFF_CAP = 30.0
 FINISHERS = 4  # threads that verify, fsync and rename finished downloads
+HELPER_MIN_BYTES = 32 << 20  # below this much to fetch, one process is as fast as several (_collect_helper)
+CHUNK_BYTES = 8 << 20  # with helper processes, work is handed out in chunks of about this size...
+CHUNK_FILES = 96  # ...or this many files, whichever comes first
 
 __all__ = ["collect", "ingest_new", "CollectReport", "SensorResult"]
 
@@ -74,6 +78,7 @@ class SensorResult:
     new_paths: list[Path] = field(default_factory=list)
     old_copies: list[Path] = field(default_factory=list)
     resumed: list[tuple[str, int]] = field(default_factory=list)  # (remote path, byte offset)
+    helpers: int = 0  # helper processes that fetched part of a large collection (_collect_helper)
     refused: list[Refusal] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -191,6 +196,14 @@ def ingest_new(report: CollectReport, settings: Settings, *, progress: bool = Fa
     return done
 
 
+class _Bytes(Protocol):
+    """Where transfers report bytes: the tqdm bar here (``_Progress``), or a helper's pipe to it."""
+
+    def plan(self, n: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
 class _Progress:
     """A thread-safe byte counter over a tqdm bar."""
 
@@ -246,7 +259,7 @@ def _collect_sensor(sensor: SensorConfig, raw_dir: Path, manifest: Manifest, bar
                 result.errors.extend(listing.errors)
                 pending = listing.files
                 log.info("sensor %s: %d files match %s", sensor.name, len(pending), ", ".join(sensor.patterns))
-            pending = _transfer_all(source, sensor, pending, sensor_dir, manifest, bar, stamp, result)
+            pending = _transfer(source, sensor, pending, sensor_dir, manifest, bar, stamp, result)
             if not pending:
                 break
             raise ConnectionLost(f"connection lost with {len(pending)} files to go")
@@ -283,13 +296,129 @@ def _is_ssh_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("paramiko")
 
 
+def _transfer(source, sensor: SensorConfig, files: list[RemoteFile], sensor_dir: Path, manifest: Manifest,
+              bar: _Progress, stamp: str, result: SensorResult) -> list[RemoteFile]:
+    """Sync ``files`` in this process, or with helper processes when there is much to fetch."""
+    helpers = min(sensor.processes, os.cpu_count() or 1) - 1 if sensor.kind == "ssh" else 0
+    if helpers < 1:
+        return _transfer_all(source, sensor, files, sensor_dir, manifest, bar, stamp, result)
+    needed = [rf for rf in files if _needs_fetch(manifest, sensor.name, sensor_dir, rf)]
+    chunks = _chunks(needed)
+    # a few big files gain nothing from more processes: each file is fetched by one channel
+    if sum(rf.size for rf in needed) < HELPER_MIN_BYTES or len(chunks) < 2 * (helpers + 1):
+        return _transfer_all(source, sensor, files, sensor_dir, manifest, bar, stamp, result)
+    return _transfer_shared(source, sensor, files, needed, chunks, sensor_dir, manifest, bar, stamp, result,
+                            helpers)
+
+
+def _chunks(files: list[RemoteFile]) -> deque[list[RemoteFile]]:
+    out: deque[list[RemoteFile]] = deque()
+    chunk: list[RemoteFile] = []
+    size = 0
+    for rf in files:
+        chunk.append(rf)
+        size += rf.size
+        if size >= CHUNK_BYTES or len(chunk) >= CHUNK_FILES:
+            out.append(chunk)
+            chunk, size = [], 0
+    if chunk:
+        out.append(chunk)
+    return out
+
+
+def _transfer_shared(source, sensor: SensorConfig, files: list[RemoteFile], needed: list[RemoteFile],
+                     queue: deque[list[RemoteFile]], sensor_dir: Path, manifest: Manifest, bar: _Progress, stamp: str, result: SensorResult,
+                     helpers: int) -> list[RemoteFile]:
+    """Sync ``needed`` (cut into ``queue``), this process and ``helpers`` helper processes taking chunks in turn.
+
+    Files the manifest already has are accounted here first. Each chunk is an
+    ordinary :func:`_transfer_all`, here or in a helper (``_collect_helper``).
+    """
+    from ._collect_helper import HelperProcess
+
+    # parallel_files is for the sensor as a whole: each process opens its share of the channels
+    sensor = replace(sensor, parallel_files=max(1, sensor.parallel_files // (helpers + 1)))
+    wanted = {rf.rel for rf in needed}
+    unchanged = [rf for rf in files if rf.rel not in wanted]
+    if unchanged:
+        _transfer_all(source, sensor, unchanged, sensor_dir, manifest, bar, stamp, result)
+    bar.plan(sum(rf.size for rf in needed))
+    lock = threading.Lock()
+    changed = threading.Condition(lock)
+    left: list[RemoteFile] = []
+    running = [0]
+
+    def take() -> list[RemoteFile] | None:
+        with lock:
+            return queue.popleft() if queue and not left else None
+
+    def give_back(chunk: list[RemoteFile]) -> None:
+        with changed:
+            queue.appendleft(chunk)
+            changed.notify_all()
+
+    def merge(part: SensorResult, lost: list[RemoteFile]) -> None:
+        with lock:
+            result.files += part.files
+            result.bytes += part.bytes
+            result.unchanged += part.unchanged
+            result.new_paths += part.new_paths
+            result.old_copies += part.old_copies
+            result.resumed += part.resumed
+            result.refused += part.refused
+            result.errors += part.errors
+            left.extend(lost)
+
+    def serve(helper: HelperProcess) -> None:
+        try:
+            if helper.serve(take, bar.advance, bar.plan, merge, give_back):
+                with lock:
+                    result.helpers += 1
+        finally:
+            helper.close()
+            with changed:
+                running[0] -= 1
+                changed.notify_all()
+
+    threads = []
+    for _ in range(helpers):
+        try:
+            helper = HelperProcess(sensor, sensor_dir.parent, stamp)
+        except OSError as exc:
+            log.info("sensor %s: cannot start a helper process (%s); one process fetches everything",
+                     sensor.name, exc)
+            break
+        with lock:
+            running[0] += 1
+        thread = threading.Thread(target=serve, args=(helper,), name=f"helper-{sensor.name}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    try:
+        while True:
+            with changed:
+                while not queue and running[0] and not left:
+                    changed.wait()  # helpers still busy: one may give its chunk back
+                if left or not queue:
+                    break
+                chunk = queue.popleft()
+            lost = _transfer_all(source, sensor, chunk, sensor_dir, manifest, bar, stamp, result, plan_total=False)
+            if lost:
+                with lock:
+                    left.extend(lost)
+    finally:
+        for thread in threads:
+            thread.join()
+    return left + [rf for chunk in queue for rf in chunk]
+
+
 def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_dir: Path, manifest: Manifest,
-                  bar: _Progress, stamp: str, result: SensorResult) -> list[RemoteFile]:
+                  bar: _Bytes, stamp: str, result: SensorResult, *, plan_total: bool = True) -> list[RemoteFile]:
     """Sync ``files``; return those cut off by a lost connection.
 
     Up to ``sensor.parallel_files`` threads transfer, each on its own SFTP
     channel; completed downloads go to a small pool that verifies, fsyncs and
     renames them (:func:`finish`), so disk latency never holds a channel idle.
+    ``plan_total=False``: the caller already added these bytes to the progress total.
     """
     todo = deque(files)
     left: list[RemoteFile] = []
@@ -298,7 +427,8 @@ def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_
     stop = threading.Event()
     needed = [rf for rf in files if _needs_fetch(manifest, sensor.name, sensor_dir, rf)]
     planned_bytes = {rf.rel: rf.size for rf in needed}
-    bar.plan(sum(planned_bytes.values()))
+    if plan_total:
+        bar.plan(sum(planned_bytes.values()))
     verify = source.verifier(needed)
     synced_dirs: set[Path] = set()
 

@@ -64,6 +64,7 @@ class SensorConfig:
     transfer_timeout: float = 60.0  # seconds without progress before a transfer is abandoned
     retries: int = 3
     parallel_files: int = 6  # files fetched at once per ssh sensor (SFTP channels on one connection)
+    processes: int = 2  # for large collections: connections in processes of their own (at most one per core)
 
     def password(self) -> str | None:
         """The password from the environment, read only when needed (never stored or logged)."""
@@ -352,6 +353,9 @@ def _check(settings: Settings, source: str) -> None:
             raise ConfigError(f"{source}: sensor {sensor.name!r} is kind ssh and needs a host")
         if not 0 < sensor.port < 65536:
             raise ConfigError(f"{source}: sensor {sensor.name!r}: port {sensor.port} is not 1-65535")
+        for key in ("parallel_files", "processes"):
+            if not 1 <= getattr(sensor, key) <= 64:
+                raise ConfigError(f"{source}: sensor {sensor.name!r}: {key} must be 1-64, got {getattr(sensor, key)}")
     rate = settings.detection.target_alert_rate
     if not 0 < rate < 1:
         raise ConfigError(f"{source}: detection.target_alert_rate must be between 0 and 1, got {rate}")
