@@ -68,8 +68,9 @@ class HelperProcess:
               give_back: Callable[[list], None]) -> int:
         """Hand chunks to the helper until ``take`` has none; returns the chunks it completed.
 
-        Runs on a parent thread. ``give_back`` receives the chunk the helper held
-        when it failed or died, so the parent fetches those files itself.
+        Runs on a parent thread. ``on_done(result, lost)`` gets each chunk's
+        ``SensorResult`` and the files its lost connection cut off (the helper
+        then stops); ``give_back`` the chunk a helper held when it died.
         """
         done = 0
         chunk: list | None = None

@@ -327,8 +327,8 @@ def _chunks(files: list[RemoteFile]) -> deque[list[RemoteFile]]:
 
 
 def _transfer_shared(source, sensor: SensorConfig, files: list[RemoteFile], needed: list[RemoteFile],
-                     queue: deque[list[RemoteFile]], sensor_dir: Path, manifest: Manifest, bar: _Progress, stamp: str, result: SensorResult,
-                     helpers: int) -> list[RemoteFile]:
+                     queue: deque[list[RemoteFile]], sensor_dir: Path, manifest: Manifest, bar: _Progress,
+                     stamp: str, result: SensorResult, helpers: int) -> list[RemoteFile]:
     """Sync ``needed`` (cut into ``queue``), this process and ``helpers`` helper processes taking chunks in turn.
 
     Files the manifest already has are accounted here first. Each chunk is an
@@ -345,12 +345,13 @@ def _transfer_shared(source, sensor: SensorConfig, files: list[RemoteFile], need
     bar.plan(sum(rf.size for rf in needed))
     lock = threading.Lock()
     changed = threading.Condition(lock)
-    left: list[RemoteFile] = []
+    left: list[RemoteFile] = []  # cut off by this process's lost connection
     running = [0]
+    stopping = threading.Event()  # this process failed or was interrupted: helpers take no more work
 
     def take() -> list[RemoteFile] | None:
         with lock:
-            return queue.popleft() if queue and not left else None
+            return queue.popleft() if queue and not left and not stopping.is_set() else None
 
     def give_back(chunk: list[RemoteFile]) -> None:
         with changed:
@@ -367,7 +368,8 @@ def _transfer_shared(source, sensor: SensorConfig, files: list[RemoteFile], need
             result.resumed += part.resumed
             result.refused += part.refused
             result.errors += part.errors
-            left.extend(lost)
+        if lost:  # the helper's connection was lost (it stops): its files are fetched here
+            give_back(lost)
 
     def serve(helper: HelperProcess) -> None:
         try:
@@ -402,9 +404,12 @@ def _transfer_shared(source, sensor: SensorConfig, files: list[RemoteFile], need
                     break
                 chunk = queue.popleft()
             lost = _transfer_all(source, sensor, chunk, sensor_dir, manifest, bar, stamp, result, plan_total=False)
-            if lost:
+            if lost:  # this process's connection is gone: stop here (the caller reconnects and retries)
                 with lock:
                     left.extend(lost)
+    except BaseException:
+        stopping.set()
+        raise
     finally:
         for thread in threads:
             thread.join()
