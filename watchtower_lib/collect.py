@@ -86,6 +86,13 @@ class SensorResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def absorb(self, part: SensorResult) -> None:
+        """Add what one chunk of this sensor's collection did (in a helper process) to this result."""
+        for name in ("files", "bytes", "unchanged"):
+            setattr(self, name, getattr(self, name) + getattr(part, name))
+        for name in ("new_paths", "old_copies", "resumed", "refused", "errors"):
+            getattr(self, name).extend(getattr(part, name))
+
 
 @dataclass
 class CollectReport:
@@ -360,14 +367,7 @@ def _transfer_shared(source, sensor: SensorConfig, files: list[RemoteFile], need
 
     def merge(part: SensorResult, lost: list[RemoteFile]) -> None:
         with lock:
-            result.files += part.files
-            result.bytes += part.bytes
-            result.unchanged += part.unchanged
-            result.new_paths += part.new_paths
-            result.old_copies += part.old_copies
-            result.resumed += part.resumed
-            result.refused += part.refused
-            result.errors += part.errors
+            result.absorb(part)
         if lost:  # the helper's connection was lost (it stops): its files are fetched here
             give_back(lost)
 
