@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -214,6 +215,47 @@ def test_setup_notebook_inlines_plotly_js_offline(tmp_path):
     # (plotly.js itself mentions https://cdn.plot.ly/un/ as its default topojson URL for maps)
     assert "cdn.plot.ly/plotly" not in text and 'src=\\"http' not in text  # nor MathJax from cdnjs
     assert "https://cdn" not in "".join(figures)
+
+
+def test_setup_notebook_shows_frames_for_reading_in_a_real_kernel():
+    """In a kernel after setup_notebook, a DataFrame of the real nmap scan shows its times to the second
+    (no "+00:00"), durations in seconds and an en dash for unset values instead of <NA>/NaN/NaT; the
+    frame itself keeps every value."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from watchtower_lib import zeek
+
+    conn = zeek.read_log(SCAN_LOG)
+    rows = conn[conn["service"].isna() & conn["orig_bytes"].notna()].head(3)
+    assert len(rows) == 3 and rows["ts"].dt.microsecond.ne(0).any()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("import watchtower_lib as wt\nwt.report.setup_notebook()"),
+        nbformat.v4.new_code_cell(f"df = wt.read_log({str(SCAN_LOG)!r}).loc[{list(rows.index)!r}]\n"
+                                  "df['score'] = [0.728408, 19.653011, 17752.0]\ndf"),
+        nbformat.v4.new_code_cell("print(df['ts'].iloc[0].microsecond, df['score'].iloc[0])"),
+    ]
+    NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    html = nb.cells[1].outputs[0]["data"]["text/html"]
+    cells = re.findall(r"<td>(.*?)</td>", html)
+    for ts, duration in zip(rows["ts"], rows["duration"]):
+        assert f"<td>{ts:%Y-%m-%d %H:%M:%S}</td>" in html
+        assert f"<td>{duration.total_seconds():.4g} s</td>" in html
+    assert "+00:00" not in html and "&lt;NA&gt;" not in html and "NaN" not in html and "NaT" not in html
+    assert cells.count("\u2013") >= 3  # service is unset in every row
+    assert ["0.7284", "19.65", "17752"] == [c for c in cells if c in ("0.7284", "19.65", "17752")]
+    assert nb.cells[2].outputs[0]["text"].split() == [str(rows["ts"].iloc[0].microsecond), "0.728408"]
+
+
+def test_frame_html_leaves_long_frames_to_pandas():
+    import pandas as pd
+
+    from watchtower_lib import zeek
+
+    conn = zeek.read_log(SCAN_LOG)
+    assert report.frame_html(conn) is None  # 4,504 rows: pandas' own truncated view
+    assert "<table" in report.frame_html(conn.head(pd.get_option("display.max_rows")))
 
 
 # ------------------------------------------------------------------ what the report notebook loads

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "WIDTH", "HEIGHT", "NO_DATA", "setup_notebook", "empty_figure",
+    "WIDTH", "HEIGHT", "NO_DATA", "setup_notebook", "frame_html", "empty_figure",
     "period_figures", "week_over_week", "week_over_week_figure", "alerts_over_time",
     "top_alerted_hosts", "top_hosts_figure", "attack_families", "families_figure",
     "unknown_anomalies", "behaviour_changes", "behaviour_figure", "hour_profile_figure",
@@ -83,17 +83,87 @@ def setup_notebook(renderer: str = OFFLINE_RENDERER) -> None:
     top of a report notebook; importing this module changes nothing.
 
     Also lifts pandas' 50-character cell limit: a report cut an alert's explanation and a
-    host's reasons to "..." at the very point an analyst reads them.
+    host's reasons to "..." at the very point an analyst reads them; and shows DataFrames
+    as :func:`frame_html` does (times to the second, 4 significant digits, "–" for missing).
     """
     import pandas as pd
     import plotly.io as pio
 
     pd.set_option("display.max_colwidth", None)
+    _show_frames_for_reading()
 
     if renderer == OFFLINE_RENDERER and OFFLINE_RENDERER not in pio.renderers:
         pio.renderers[OFFLINE_RENDERER] = _offline_renderer()
     pio.renderers.default = renderer
     log.debug("plotly renderer set to %s", renderer)
+
+
+NA_TEXT = "\u2013"  # an en dash where a value is missing: NaN/<NA>/NaT read like errors in a report
+
+
+def frame_html(df: Any) -> str | None:
+    """A DataFrame as HTML for reading: the values are untouched, only how they are written.
+
+    Times (UTC in every report) to the second without "+00:00", intervals in seconds,
+    floats to 4 significant digits (whole numbers without ".0", 1,000 and above without
+    decimals), and
+    ``NA_TEXT`` for any missing value. Frames longer than ``display.max_rows`` return None,
+    so pandas' own truncated view is used for them.
+    """
+    import pandas as pd
+
+    if len(df) > (pd.get_option("display.max_rows") or len(df)):
+        return None
+    shown = pd.DataFrame(index=df.index)
+    for name, column in df.items():
+        shown[name] = _column_text(column)
+    return shown.to_html(na_rep=NA_TEXT, escape=True, notebook=True, border=0)
+
+
+def _column_text(column: Any) -> Any:
+    """Times and floats as text, other columns as they are; every gap (NaN, <NA>, NaT) as ``NA_TEXT``."""
+    if column.dtype.kind == "M":
+        text = column.dt.strftime("%Y-%m-%d %H:%M:%S")
+    elif column.dtype.kind == "m":
+        text = column.dt.total_seconds().map(_seconds_text, na_action="ignore")
+    elif column.dtype.kind == "f":
+        text = column.map(_number_text, na_action="ignore")
+    elif column.isna().any():
+        text = column
+    else:
+        return column
+    return text.astype(object).where(column.notna(), NA_TEXT)
+
+
+def _seconds_text(seconds: float) -> str:
+    """A Zeek interval: "0.01217 s" below a minute, else "1 days 02:03:04" to the second."""
+    import pandas as pd
+
+    if abs(seconds) < 60:
+        return f"{seconds:.4g} s"
+    return str(pd.Timedelta(seconds=round(seconds))).removeprefix("0 days ")
+
+
+def _number_text(value: float) -> str:
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    if value == int(value) or abs(value) >= 1000:
+        return f"{value:.0f}"
+    return f"{value:.4g}"
+
+
+def _show_frames_for_reading() -> None:
+    """Register :func:`frame_html` as the HTML of DataFrames in the running IPython kernel."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        return
+    shell = get_ipython()
+    if shell is None:  # a plain Python process: nothing displays HTML
+        return
+    import pandas as pd
+
+    shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, frame_html)
 
 
 def _offline_renderer() -> Any:
