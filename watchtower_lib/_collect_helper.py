@@ -61,7 +61,11 @@ class HelperProcess:
             os.close(from_child_w)
         self._out = Connection(to_child_w, readable=False)
         self._in = Connection(from_child_r, writable=False)
-        self._out.send(("start", sensor, Path(raw_dir), stamp))
+        try:
+            self._out.send(("start", sensor, Path(raw_dir), stamp))
+        except OSError:  # it died at once (no watchtower_lib for that interpreter?): reap it, then say so
+            self.close()
+            raise
 
     def serve(self, take: Callable[[], list | None], on_bytes: Callable[[int], None],
               on_plan: Callable[[int], None], on_done: Callable[[Any, list], None],
