@@ -547,6 +547,23 @@ def test_one_sensor_down_the_other_completes_and_exit_code_is_1(sshd, remote, sh
     assert not (tmp_path / "raw" / "down").exists()
 
 
+def test_cli_logs_the_collection_not_paramikos_every_channel(sshd, remote, shared_data, tmp_path):
+    """`watchtower collect` at the default INFO level: the collector's lines and table, none of paramiko's
+    per-connection and per-channel INFO lines (it logged 7 for one sensor)."""
+    import sys
+
+    _populate(remote, shared_data)
+    config = tmp_path / "watchtower.yml"
+    config.write_text("raw_dir: raw\nsensors:\n" + _yaml_sensor("edge", sshd, remote, sshd.port, retries=0) + "\n")
+    entry = "import sys; from watchtower_lib.cli import main; main(sys.argv[1:])"  # = the `watchtower` script
+    done = subprocess.run([sys.executable, "-c", entry, "--config", str(config), "collect", "--no-progress"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "INFO watchtower_lib.collect: sensor edge: ok, 7 files" in done.stderr
+    assert "paramiko" not in done.stderr
+    assert [line.split()[:3] for line in done.stdout.splitlines() if line.startswith("edge")] == [["edge", "ok", "7"]]
+
+
 def test_cli_unknown_sensor_is_a_config_error(tmp_path):
     config = tmp_path / "watchtower.yml"
     config.write_text("sensors:\n  - {name: local1, kind: local, remote_dir: logs}\n")

@@ -67,6 +67,9 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
         # papermill logs every notebook's paths twice (inspect, then execute); the runner's own
         # "[N] phase ..." lines say the same once. Its warnings and errors still show.
         logging.getLogger("papermill").setLevel(logging.WARNING)
+        # paramiko logs each connection, login and SFTP channel (7 lines a sensor); the collector's
+        # own lines and table say what happened. Its warnings (a refused channel) still show.
+        logging.getLogger("paramiko").setLevel(logging.WARNING)
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
 
