@@ -254,8 +254,7 @@ class SftpSource:
         self.client = connect(sensor)
         self.transport = self.client.get_transport()
         self._local = threading.local()
-        self._channels: list = []
-        self._owners: list[list] = []  # [SFTP client, the thread using it]
+        self._owners: list[list] = []  # [SFTP client, the thread using it]: every channel opened
         self._lock = threading.Lock()
         self.sha256_available: bool | None = None
 
@@ -277,7 +276,6 @@ class SftpSource:
                 client.get_channel().settimeout(self.sensor.transfer_timeout)
                 with self._lock:
                     self._owners.append([client, me])
-                    self._channels.append(client)
             self._local.sftp = client
         return client
 
@@ -440,12 +438,12 @@ class SftpSource:
 
     def close(self) -> None:
         with self._lock:
-            for client in self._channels:
+            for client, _ in self._owners:
                 try:
                     client.close()
                 except Exception:  # already dead with the connection
                     pass
-            self._channels.clear()
+            self._owners.clear()
         self.client.close()
 
 
