@@ -202,7 +202,7 @@ def main(fd_in: int, fd_out: int) -> int:
                     return 0
                 result = SensorResult(sensor.name, sensor.kind)
                 left = _transfer_all(source, sensor, msg[1], Path(raw_dir) / sensor.name, manifest, sender,
-                                     stamp, result, plan_total=False)
+                                     stamp, result, plan_total=False, needed=msg[1])  # the parent checked them
                 sender.flush()
                 sender.send(("done", result, left))
     except EOFError:  # the parent went away

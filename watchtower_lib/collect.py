@@ -313,7 +313,7 @@ def _transfer(source, sensor: SensorConfig, files: list[RemoteFile], sensor_dir:
     chunks = _chunks(needed)
     # a few big files gain nothing from more processes: each file is fetched by one channel
     if sum(rf.size for rf in needed) < HELPER_MIN_BYTES or len(chunks) < 2 * (helpers + 1):
-        return _transfer_all(source, sensor, files, sensor_dir, manifest, bar, stamp, result)
+        return _transfer_all(source, sensor, files, sensor_dir, manifest, bar, stamp, result, needed=needed)
     return _transfer_shared(source, sensor, files, needed, chunks, sensor_dir, manifest, bar, stamp, result,
                             helpers)
 
@@ -348,7 +348,7 @@ def _transfer_shared(source, sensor: SensorConfig, files: list[RemoteFile], need
     wanted = {rf.rel for rf in needed}
     unchanged = [rf for rf in files if rf.rel not in wanted]
     if unchanged:
-        _transfer_all(source, sensor, unchanged, sensor_dir, manifest, bar, stamp, result)
+        _transfer_all(source, sensor, unchanged, sensor_dir, manifest, bar, stamp, result, needed=[])
     bar.plan(sum(rf.size for rf in needed))
     lock = threading.Lock()
     changed = threading.Condition(lock)
@@ -403,7 +403,8 @@ def _transfer_shared(source, sensor: SensorConfig, files: list[RemoteFile], need
                 if left or not queue:
                     break
                 chunk = queue.popleft()
-            lost = _transfer_all(source, sensor, chunk, sensor_dir, manifest, bar, stamp, result, plan_total=False)
+            lost = _transfer_all(source, sensor, chunk, sensor_dir, manifest, bar, stamp, result, plan_total=False,
+                                 needed=chunk)
             if lost:  # this process's connection is gone: stop here (the caller reconnects and retries)
                 with lock:
                     left.extend(lost)
@@ -417,20 +418,23 @@ def _transfer_shared(source, sensor: SensorConfig, files: list[RemoteFile], need
 
 
 def _transfer_all(source, sensor: SensorConfig, files: list[RemoteFile], sensor_dir: Path, manifest: Manifest,
-                  bar: _Bytes, stamp: str, result: SensorResult, *, plan_total: bool = True) -> list[RemoteFile]:
+                  bar: _Bytes, stamp: str, result: SensorResult, *, plan_total: bool = True,
+                  needed: list[RemoteFile] | None = None) -> list[RemoteFile]:
     """Sync ``files``; return those cut off by a lost connection.
 
     Up to ``sensor.parallel_files`` threads transfer, each on its own SFTP
     channel; completed downloads go to a small pool that verifies, fsyncs and
     renames them (:func:`finish`), so disk latency never holds a channel idle.
     ``plan_total=False``: the caller already added these bytes to the progress total.
+    ``needed``: those of ``files`` the caller already found missing or changed (``_needs_fetch``).
     """
     todo = deque(files)
     left: list[RemoteFile] = []
     again: list[RemoteFile] = []  # reused bytes did not match the sensor's file: fetch whole (PrefixMismatch)
     lock = threading.Lock()
     stop = threading.Event()
-    needed = [rf for rf in files if _needs_fetch(manifest, sensor.name, sensor_dir, rf)]
+    if needed is None:
+        needed = [rf for rf in files if _needs_fetch(manifest, sensor.name, sensor_dir, rf)]
     planned_bytes = {rf.rel: rf.size for rf in needed}
     if plan_total:
         bar.plan(sum(planned_bytes.values()))
