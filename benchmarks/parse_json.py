@@ -40,18 +40,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from parse import alternate  # noqa: E402  (the same measuring loop as the TSV benchmark)
+import parse  # noqa: E402  (the TSV benchmark: its read_log route and measuring loop)
 
 DNS = "multi/wrccdc-2018/zeek-json/dns.json.gz"
 CONN = "scenarios/stratosphere-sdt/002-nmap-port-scanning/conn.log"
 
 ROUTES = {
-    "watchtower read_log": """
-import sys
-from watchtower_lib.zeek import read_log
-df = read_log(sys.argv[1])
-print(len(df))
-""",
+    "watchtower read_log": parse.ROUTES["watchtower read_log"],  # the same program as for TSV
     "watchtower line-by-line": """
 import sys
 from watchtower_lib import _zeek_json
@@ -100,7 +95,7 @@ def make_tiled(data: Path, rows: int, out: Path) -> Path:
 
 def bench(path: Path, rows: int, runs: int, routes: dict[str, str]) -> None:
     load = os.getloadavg()
-    med = alternate(path, rows, runs, routes, indent="  ")
+    med = parse.alternate(path, rows, runs, routes, indent="  ")
     after = os.getloadavg()
     ours = med["watchtower read_log"][0]
     print(f"  medians over {runs} alternating runs (whole process, {os.cpu_count()} CPUs; "
