@@ -222,11 +222,11 @@ def seconds(a: pa.Array, target: pa.DataType) -> pa.Array:
     ``round(value * 1e6) * 1000`` (half to even), finite and within the nanosecond range."""
     if pa.types.is_int64(a.type):
         x = a.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)  # float(int): nearest
+        valid = a.is_valid().to_numpy(zero_copy_only=False)
     elif pa.types.is_float64(a.type):
-        x = a.fill_null(0.0).to_numpy(zero_copy_only=False)
+        x, valid = _floats(a)
     else:
         raise Refused(f"{a.type} is not seconds")
-    valid = a.is_valid().to_numpy(zero_copy_only=False)
     with np.errstate(over="ignore", invalid="ignore"):
         micros = np.rint(x * 1e6)  # the same float product as Python's value * 1e6, rounded half to even
     if not np.isfinite(micros).all() or (np.abs(micros) > 9.3e15).any():
